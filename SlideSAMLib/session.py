@@ -1,0 +1,190 @@
+"""`Session`: one volume, one model, one embedding cache — the engine's main entry point.
+
+Coordinates are voxel indices in ITK / Slicer IJK order: i = column (x), j = row (y),
+k = slice (z).  The numpy array of the volume is (k, j, i).  A prompt lies on one
+slice; the slice axis is the IJK axis along which all its coordinates share one index
+(k when that is ambiguous, e.g. a single click), or the one given.
+"""
+import threading
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .cache import DEFAULT_CACHE_BYTES, EmbeddingCache
+from .checkpoint import SlideSAMModel
+from .errors import InputError
+from .predictor import WindowPredictor
+from .preprocess import detect_modality, normalise_volume
+from .propagation import CancelFn, ProgressFn, PropagationResult, Propagator, StopRule, box_of
+
+Point3 = Sequence[float]
+DIRECTIONS = {"both": (1, -1), "up": (1,), "down": (-1,)}
+
+
+class Session:
+    def __init__(
+        self,
+        model: SlideSAMModel,
+        volume: np.ndarray,
+        modality: str = "auto",
+        cache: Optional[EmbeddingCache] = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        stop_rule: Optional[StopRule] = None,
+    ):
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise InputError(f"the volume is {volume.ndim}D (shape {volume.shape}): SlideSAM needs a 3D volume")
+        if min(volume.shape) < 1:
+            raise InputError(f"the volume is empty (shape {volume.shape})")
+        self.model = model
+        self.volume = volume
+        self.shape_ijk = tuple(reversed(volume.shape))  # (ni, nj, nk)
+        self.modality = detect_modality(volume) if modality == "auto" else modality
+        self.cache = cache if cache is not None else EmbeddingCache(cache_bytes)
+        self.stop_rule = stop_rule or StopRule()
+        self._normalised = normalise_volume(volume, model.spec.preprocessing, self.modality)
+        self._predictors = {}
+        self._lock = threading.Lock()  # one propagation at a time per session
+
+    # -- helpers -------------------------------------------------------------
+    def predictor(self, axis: int) -> WindowPredictor:
+        if axis not in self._predictors:
+            self._predictors[axis] = WindowPredictor(
+                self.model, self.volume, axis, self.modality, cache=self.cache, cache_key=id(self), normalised=self._normalised
+            )
+        return self._predictors[axis]
+
+    @property
+    def encoder_passes(self) -> int:
+        return sum(p.encoder_passes for p in self._predictors.values())
+
+    def _check_inside(self, xyz: Point3, what: str) -> np.ndarray:
+        p = np.asarray(xyz, dtype=float)
+        if p.shape != (3,) or not np.all(np.isfinite(p)):
+            raise InputError(f"{what} {tuple(xyz)} is not an (i, j, k) voxel coordinate")
+        hi = np.array(self.shape_ijk) - 0.5
+        if np.any(p < -0.5) or np.any(p > hi):
+            raise InputError(
+                f"{what} {tuple(np.round(p, 2))} is outside the volume (voxel size {self.shape_ijk}): place the prompt on the image"
+            )
+        return p
+
+    def _slice_axis(self, coords: np.ndarray, axis: Optional[int]) -> int:
+        rounded = np.rint(coords)
+        shared = [a for a in (2, 1, 0) if np.all(rounded[:, a] == rounded[0, a])]
+        if axis is not None:
+            if axis not in (0, 1, 2):
+                raise InputError(f"slice axis {axis} is not 0 (i), 1 (j) or 2 (k)")
+            if axis not in shared:
+                raise InputError(f"the prompt does not lie on one slice along axis {'ijk'[axis]}: put all its points on one slice")
+            return axis
+        if not shared:
+            raise InputError("the prompt's points do not share a slice: put the box and clicks on one slice")
+        return shared[0]  # k first when several axes qualify
+
+    @staticmethod
+    def _in_plane(p: np.ndarray, axis: int) -> Tuple[float, float]:
+        """(x=col, y=row) of an IJK point in the stack of `axis` (stack rows/cols follow numpy order)."""
+        # numpy (k, j, i) with the slice axis removed: rows = the earlier remaining axis, cols = the later.
+        remaining = [a for a in (2, 1, 0) if a != axis]  # IJK axes in numpy order
+        return float(p[remaining[1]]), float(p[remaining[0]])
+
+    def _range(self, axis: int, slice_range: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+        n = self.shape_ijk[axis]
+        if slice_range is None:
+            return 0, n - 1
+        lo, hi = sorted(int(v) for v in slice_range)
+        if lo < 0 or hi >= n:
+            raise InputError(f"slice range {lo}..{hi} is outside 0..{n - 1} along {'ijk'[axis]}")
+        return lo, hi
+
+    # -- public API ------------------------------------------------------------
+    def segment(
+        self,
+        box: Optional[Tuple[Point3, Point3]] = None,
+        points: Sequence[Tuple[Point3, bool]] = (),
+        axis: Optional[int] = None,
+        direction: str = "both",
+        slice_range: Optional[Tuple[int, int]] = None,
+        progress: Optional[ProgressFn] = None,
+        cancel: Optional[CancelFn] = None,
+    ) -> PropagationResult:
+        """Propagate from a box and/or clicks on one slice.
+
+        box: two opposite corners (i, j, k) in voxel coordinates; points: [((i, j, k), include), ...].
+        direction: "both", "up" (increasing slice index) or "down"; slice_range: inclusive (first, last).
+        Returns a `PropagationResult` (masks of the slices written, per-slice scores, stop reasons).
+        """
+        if direction not in DIRECTIONS:
+            raise InputError(f"direction '{direction}' is not one of both, up, down")
+        if box is None and not points:
+            raise InputError("empty prompt: give a box, or at least one include click")
+        corners = [self._check_inside(c, "box corner") for c in box] if box is not None else []
+        if box is not None and len(corners) != 2:
+            raise InputError("a box needs exactly two corners")
+        pts = [(self._check_inside(p, "click"), bool(inc)) for p, inc in points]
+        if pts and not any(inc for _, inc in pts) and box is None:
+            raise InputError("only exclude clicks were given: add an include click or a box")
+        allp = np.array(corners + [p for p, _ in pts])
+        ax = self._slice_axis(allp, axis)
+        k = int(np.rint(allp[0, ax]))
+        lo, hi = self._range(ax, slice_range)
+        if not lo <= k <= hi:
+            raise InputError(f"the prompt's slice {k} is outside the slice range {lo}..{hi}")
+        box2d = None
+        if box is not None:
+            (x0, y0), (x1, y1) = (self._in_plane(c, ax) for c in corners)
+            x0, x1 = sorted((x0, x1))
+            y0, y1 = sorted((y0, y1))
+            if x1 - x0 < 1 or y1 - y0 < 1:
+                raise InputError(f"the box ({x0:g}, {y0:g})-({x1:g}, {y1:g}) has zero size on slice {k}: drag a box around the structure")
+            box2d = (x0, y0, x1, y1)
+        points2d = [(*self._in_plane(p, ax), inc) for p, inc in pts]
+        if points2d and not self.model.supports_points and box2d is None:
+            raise InputError(
+                f"the model ({self.model.source}) was trained with boxes only and cannot segment from clicks: draw a box, or load a point-trained checkpoint"
+            )
+        with self._lock:
+            pred = self.predictor(ax)
+            pred.encode([k])
+            first = pred.predict(k, box=box2d, points=points2d)
+            if progress:
+                progress(0.0, f"slice {k} (prompt)")
+            prop = Propagator(pred, self.stop_rule, progress, cancel)
+            return prop.run(k, first, DIRECTIONS[direction], lo, hi)
+
+    def restart(
+        self,
+        slice_mask: np.ndarray,
+        slice_index: int,
+        axis: int = 2,
+        direction: str = "up",
+        slice_range: Optional[Tuple[int, int]] = None,
+        progress: Optional[ProgressFn] = None,
+        cancel: Optional[CancelFn] = None,
+    ) -> PropagationResult:
+        """Propagate again from a corrected 2D mask on `slice_index` towards `direction` ("up" or "down").
+
+        The result holds the corrected slice unchanged and new masks on that side only: the
+        caller replaces that side of its segment (everything beyond the slice in that direction).
+        """
+        if direction not in ("up", "down"):
+            raise InputError(f"restart direction '{direction}' must be up or down")
+        if axis not in (0, 1, 2):
+            raise InputError(f"slice axis {axis} is not 0 (i), 1 (j) or 2 (k)")
+        pred = self.predictor(axis)
+        if not 0 <= slice_index < pred.n_slices:
+            raise InputError(f"slice {slice_index} is outside 0..{pred.n_slices - 1} along {'ijk'[axis]}")
+        mask = np.asarray(slice_mask).astype(bool)
+        if mask.shape != pred.stack.shape[1:]:
+            raise InputError(f"the corrected mask has shape {mask.shape}, the slice has {pred.stack.shape[1:]}")
+        box = box_of(mask)
+        if box is None:
+            raise InputError(f"slice {slice_index} is empty: draw the corrected structure on it before restarting")
+        lo, hi = self._range(axis, slice_range)
+        x0, y0, x1, y1 = box
+        with self._lock:
+            pred.encode([slice_index])
+            first = pred.predict(slice_index, box=(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
+            prop = Propagator(pred, self.stop_rule, progress, cancel)
+            return prop.run(slice_index, first, DIRECTIONS[direction], lo, hi, fixed_start_mask=mask)
