@@ -1,0 +1,86 @@
+"""One propagation (a prompt or a restart) split into the part that may run on a thread and its report.
+
+`PropagationJob.run` only calls the engine (no MRML), so the widget runs it on a worker
+thread; `SlideSAMLogic.applyJob` then writes the result on the main thread.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+AXIS_NAMES = "IJK"
+
+
+@dataclass
+class PropagationJob:
+    kind: str  # "segment" or "restart"
+    volume_node: object
+    segmentation_node: object
+    segment_id: Optional[str]  # None or a name/ID that does not exist yet: created when the result is written
+    axis: Optional[int]
+    directions: Tuple[str, ...]
+    slice_range: Optional[Tuple[int, int]]
+    editor_node: object = None
+    engine_prompt: Optional[dict] = None  # segment: box / points / axis in IJK
+    corrected_index: Optional[int] = None  # restart: the corrected slice
+    corrected_mask: Optional[np.ndarray] = None
+    get_session: Optional[Callable[[], object]] = None  # returns the engine Session (may load the model)
+    results: List[object] = field(default_factory=list)  # PropagationResult per direction run
+
+    def run(self, progress: Optional[Callable[[float, str], None]] = None, cancel: Optional[Callable[[], bool]] = None):
+        """Engine work only: safe on a worker thread."""
+        report = progress or (lambda fraction, message: None)
+        report(0.0, "preparing the model and the volume")
+        session = self.get_session()
+        if self.kind == "segment":
+            self.results = [
+                session.segment(
+                    direction=self.directions[0], slice_range=self.slice_range, progress=progress, cancel=cancel, **self.engine_prompt
+                )
+            ]
+        else:
+            n = len(self.directions)
+            for step, direction in enumerate(self.directions):
+                if cancel is not None and cancel():
+                    break
+
+                def part(fraction, message, step=step):
+                    report((step + fraction) / n, message)
+
+                self.results.append(
+                    session.restart(
+                        self.corrected_mask, self.corrected_index, axis=self.axis, direction=direction, slice_range=self.slice_range, progress=part, cancel=cancel
+                    )
+                )
+        report(1.0, "done")
+        return self.results
+
+
+@dataclass
+class RunReport:
+    """What a run did: returned by `SlideSAMLogic.segment` / `restart`."""
+
+    segmentId: str
+    axis: int
+    slices: List[int]  # slices whose propagated mask was written
+    changedSlices: List[int]  # slices whose content actually changed (cleared ones included)
+    info: List[dict]  # per slice: index, iou, stability, area, overlap, growth, accepted, reason
+    stopped: Dict[str, str]  # "up"/"down" -> why propagation ended there
+    cancelled: bool
+    seconds: float
+    encoderPasses: int
+    createdSegment: bool = False
+
+    @property
+    def scores(self) -> Dict[int, float]:
+        """Predicted IoU of each accepted slice."""
+        return {d["index"]: d["iou"] for d in self.info if d["accepted"]}
+
+    def summary(self) -> str:
+        if not self.slices:
+            span = "no slice written"
+        else:
+            span = f"{len(self.slices)} slices ({AXIS_NAMES[self.axis]} {self.slices[0]}..{self.slices[-1]})"
+        stops = ", ".join(f"{side}: {why}" for side, why in sorted(self.stopped.items())) or "-"
+        state = "cancelled, partial result kept; " if self.cancelled else ""
+        return f"{state}{span}; stopped {stops}; {self.encoderPasses} encoder passes, {self.seconds:.1f} s"

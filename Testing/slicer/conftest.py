@@ -1,0 +1,92 @@
+"""Real MRML without the Slicer application: slicer-core's scene and module logics, plus small stand-ins.
+
+The harness follows REFERENCE §5: a vtkSlicerApplicationLogic owning the scene, the colors /
+subject hierarchy / volumes / segmentations logics registered with it, and `slicer.mrmlScene`,
+`slicer.modules.<name>.logic()`, `slicer.app` provided as slicer.util expects.  The application
+logic is kept in a module global for the whole session (a dropped one segfaults).
+"""
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+DATA = ROOT / ".." / "shared" / "data"
+STANDINS = HERE / "standins"
+
+
+def _makes_this_folder_a_slicer_portion(entry: str) -> bool:
+    # A sys.path entry holding this folder (named "slicer") would add it to the real slicer package.
+    try:
+        return (Path(entry or ".").resolve() / "slicer") == HERE
+    except OSError:
+        return False
+
+
+sys.path[:] = [p for p in sys.path if not _makes_this_folder_a_slicer_portion(p)]
+for path in (STANDINS, ROOT / "SlideSAM", ROOT):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+if "slicer" in sys.modules:  # imported earlier without the stand-ins: add them to its path now
+    sys.modules["slicer"].__path__.append(str(STANDINS / "slicer"))
+
+import slicer  # noqa: E402
+import slicer.ScriptedLoadableModule  # noqa: E402,F401
+
+_KEEP_ALIVE = {}
+
+
+def make_mrml():
+    """A scene with the application logic and the module logics slicer.util needs."""
+    scene = slicer.vtkMRMLScene()
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(scene)
+    logics = {
+        "Colors": slicer.vtkSlicerColorLogic(),
+        "SubjectHierarchy": slicer.vtkSlicerSubjectHierarchyModuleLogic(),
+        "Volumes": slicer.vtkSlicerVolumesLogic(),
+        "Segmentations": slicer.vtkSlicerSegmentationsModuleLogic(),
+        "Markups": slicer.vtkSlicerMarkupsLogic(),
+    }
+    for name, logic in logics.items():
+        logic.SetMRMLApplicationLogic(app)
+        logic.SetMRMLScene(scene)
+        app.SetModuleLogic(name, logic)
+    logics["Colors"].AddDefaultColorNodes()
+    slicer.mrmlScene = scene
+    slicer.app = types.SimpleNamespace(applicationLogic=lambda: app, mrmlScene=lambda: scene)
+    slicer.modules = types.SimpleNamespace(
+        volumes=types.SimpleNamespace(logic=lambda: logics["Volumes"]),
+        segmentations=types.SimpleNamespace(logic=lambda: logics["Segmentations"]),
+        markups=types.SimpleNamespace(logic=lambda: logics["Markups"]),
+    )
+    _KEEP_ALIVE["mrml"] = (scene, app, logics)
+    return scene, logics
+
+
+@pytest.fixture(scope="session")
+def mrml():
+    scene, logics = make_mrml()
+    yield types.SimpleNamespace(scene=scene, volumes=logics["Volumes"], segmentations=logics["Segmentations"])
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    path = DATA.resolve()
+    if not (path / "ct_abdomen" / "example_ct.nii.gz").exists():
+        pytest.skip(f"test data not found under {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def slidesam_model():
+    """One embedded model for the whole session (loading costs seconds)."""
+    import torch
+
+    torch.set_num_threads(2)
+    from SlideSAMLib import load_model
+
+    return load_model(device="cpu")

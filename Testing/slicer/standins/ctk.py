@@ -1,0 +1,1 @@
+"""Stand-in for PythonQt's `ctk` (tests only)."""

@@ -1,0 +1,48 @@
+"""Minimal stand-in for Slicer's ScriptedLoadableModule (tests only, never shipped).
+
+slicer-core has MRML and slicer.util but not the scripted-module base classes; these
+carry just what SlideSAM uses: module metadata on `parent`, the parameter node of a logic,
+and a TestCase with delayDisplay.
+"""
+import os as _os
+import unittest as _unittest
+
+
+class ScriptedLoadableModule:
+    def __init__(self, parent):
+        self.parent = parent
+        self.moduleName = self.__class__.__name__
+
+
+class ScriptedLoadableModuleLogic:
+    def __init__(self, parent=None):
+        self.moduleName = self.__class__.__name__[: -len("Logic")] if self.__class__.__name__.endswith("Logic") else self.__class__.__name__
+
+    def getParameterNode(self):
+        import slicer
+
+        node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+            node.SetSingletonTag(self.moduleName)
+        return node
+
+
+class ScriptedLoadableModuleWidget:
+    def __init__(self, parent=None):
+        self.parent = parent
+        self.moduleName = self.__class__.__name__[: -len("Widget")]
+
+    def resourcePath(self, filename):
+        import importlib
+
+        module = importlib.import_module(self.moduleName)
+        return _os.path.join(_os.path.dirname(module.__file__), "Resources", filename)
+
+    def setup(self):
+        pass
+
+
+class ScriptedLoadableModuleTest(_unittest.TestCase):
+    def delayDisplay(self, message, msec=0):
+        print(message)
