@@ -141,7 +141,7 @@ def encode_mask2d(mask: np.ndarray) -> dict:
 
 def decode_mask2d(obj: dict, max_pixels: int) -> np.ndarray:
     shape = obj.get("shape") if isinstance(obj, dict) else None
-    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(s, int) and s >= 1 for s in shape)):
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 2 and all(isinstance(s, int) and s >= 1 for s in shape)):
         raise WireError("the corrected mask needs 'shape': [rows, cols] and 'bits'")
     n = shape[0] * shape[1]
     if n > max_pixels:
