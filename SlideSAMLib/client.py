@@ -211,7 +211,7 @@ class SlideSAMClient:
                 if cancel is not None and not cancel_sent and job and cancel():
                     self.cancel(session_id, job)
                     cancel_sent = True  # keep reading: the server ends the job at the next window and sends what it has
-        raise ServerError(f"the SlideSAM server at {self.url} ended the stream before the result (it stopped or crashed): try again")
+        raise self._connection_error(http.client.IncompleteRead(b""))  # the stream ended before its result line
 
     # -- the API ----------------------------------------------------------------------------
     def version(self) -> dict:

@@ -121,3 +121,48 @@ def test_four_concurrent_clients_get_their_own_correct_results(main_server, loca
     masks = [r.volume_mask() for r in results[:3]]
     assert all(dice(masks[a], masks[b]) < 0.1 for a in range(3) for b in range(a + 1, 3))  # three organs, three answers
     assert main_server.client().status()["running_jobs"] == 0
+
+
+def test_segment_via_server_is_the_cli_path(main_server, mr):
+    from types import SimpleNamespace
+
+    from SlideSAMLib.client import segment_via_server
+    from SlideSAMLib.errors import InputError
+
+    image, _, labels = mr
+    args = SimpleNamespace(server=main_server.url, api_key=main_server.api_key, checkpoint=None, modality="mr", direction="both", slice_range=(5, 6))
+    before = main_server.client().status()["sessions"]
+    result = segment_via_server(args, image, box_around(labels[5] == MR_KIDNEY_RIGHT, 5), [], 2)
+    assert result.slices == [5, 6] and dice(result.volume_mask()[5:7], labels[5:7] == MR_KIDNEY_RIGHT) > 0.8
+    assert main_server.client().status()["sessions"] == before  # its session was closed
+    with pytest.raises(InputError, match="--checkpoint and --server"):
+        segment_via_server(SimpleNamespace(**{**vars(args), "checkpoint": "model.pth"}), image, None, [], 2)
+
+
+def test_a_client_that_hangs_up_stops_its_job(main_server, mr):
+    import http.client
+    import json
+    import time
+
+    from SlideSAMLib import wire
+
+    _, volume, labels = mr
+    client = main_server.client()
+    session_id = client.upload(volume, modality="mr")
+    connection = http.client.HTTPConnection("127.0.0.1", main_server.port, timeout=300)
+    body = json.dumps({"box": box_around(labels[5] == MR_KIDNEY_RIGHT, 5)})
+    connection.request("POST", f"/sessions/{session_id}/segment", body, {"Content-Type": "application/json", wire.API_KEY_HEADER: main_server.api_key})
+    response = connection.getresponse()
+    while json.loads(response.readline()).get("type") != "progress":
+        pass
+    connection.close()  # the annotator closed Slicer mid-propagation
+    for _ in range(600):  # bounded wait for the job to notice
+        if not client.session_info(session_id)["running_jobs"]:
+            break
+        time.sleep(0.2)
+    info = client.session_info(session_id)
+    assert not info["running_jobs"]
+    # Left running, it would encode the kidney's 14 windows; cancelled, it stops a window or two after the hang-up.
+    print("encoder passes after hang-up:", info["encoder_passes"])
+    assert info["encoder_passes"] <= 6
+    client.close(session_id)
