@@ -64,7 +64,7 @@ class SlideSAM(ScriptedLoadableModule):
         )
         self.parent.acknowledgementText = (
             "SlideSAM implements the method of Quan Quan et al., <i>Slide-SAM: Medical SAM Meets Sliding Window</i>, "
-            "Medical Imaging with Deep Learning (MIDL) 2024, arXiv:2311.10121. The default model is LiteMedSAM "
+            "MIDL 2024 (Medical Imaging with Deep Learning), arXiv 2311.10121. The default model is LiteMedSAM "
             "(MedSAM, Ma et al., Nature Communications 2024) adapted to three slices by the Slide-SAM recipe."
         )
 

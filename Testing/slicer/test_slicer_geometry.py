@@ -1,0 +1,105 @@
+"""RAS <-> IJK and slice-view alignment on real MRML nodes (no model needed)."""
+import numpy as np
+import pytest
+import slicer
+import vtk
+
+from SlideSAMLib.errors import InputError
+from SlideSAMSlicer import geometry
+
+
+@pytest.fixture(scope="module")
+def volume(mrml, data_dir):
+    return mrml.volumes.AddArchetypeVolume(str(data_dir / "ct_abdomen" / "example_ct.nii.gz"), "geometry_ct", 0)
+
+
+@pytest.fixture
+def oblique(mrml, volume):
+    """A copy of the volume's geometry with flipped, rotated, anisotropic axes."""
+    node = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "oblique")
+    node.SetAndObserveImageData(volume.GetImageData())
+    t = vtk.vtkTransform()
+    t.Translate(-20, 35, 7)
+    t.RotateWXYZ(31, 1, 2, 3)
+    t.Scale(-0.8, 1.2, 2.5)  # a flipped I axis
+    node.SetIJKToRASMatrix(t.GetMatrix())
+    return node
+
+
+def test_round_trip_and_voxel_centres(oblique):
+    ijk = np.array([[0, 0, 0], [10.5, 20.25, 30], [121, 100, 111]])
+    np.testing.assert_allclose(geometry.ras_to_ijk(oblique, geometry.ijk_to_ras(oblique, ijk)), ijk, atol=1e-9)
+
+
+def test_parent_transform_is_included(mrml, volume):
+    transform = mrml.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    m = vtk.vtkMatrix4x4()
+    m.SetElement(0, 3, 15.0)
+    transform.SetMatrixTransformToParent(m)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    try:
+        ras = geometry.ijk_to_ras(volume, [[5, 6, 7]])
+        volume.SetAndObserveTransformNodeID(None)
+        np.testing.assert_allclose(ras - geometry.ijk_to_ras(volume, [[5, 6, 7]]), [[15.0, 0, 0]])
+    finally:
+        volume.SetAndObserveTransformNodeID(None)
+
+
+def test_views_aligned_with_the_volume_give_their_axis(mrml, volume):
+    expected = {"Axial": 2, "Sagittal": 0, "Coronal": 1}
+    for orientation, axis in expected.items():
+        view = mrml.scene.AddNewNodeByClass("vtkMRMLSliceNode")
+        view.SetOrientation(orientation)
+        assert geometry.slice_view_axis_and_index(volume, view)[0] == axis
+
+
+def test_oblique_view_is_refused_with_a_message(mrml, oblique):
+    view = mrml.scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    view.SetOrientation("Axial")
+    with pytest.raises(InputError, match="oblique.*Rotate to volume plane"):
+        geometry.slice_view_axis_and_index(oblique, view)
+
+
+def test_view_rotated_to_the_volume_plane(mrml, oblique):
+    ijk_to_ras = geometry.ijk_to_world(oblique)
+    normal = geometry.slice_plane_normals(oblique)[2]
+    x = ijk_to_ras[:3, 0] / np.linalg.norm(ijk_to_ras[:3, 0])
+    y = np.cross(normal, x)
+    centre = geometry.ijk_to_ras(oblique, [[60, 50, 42]])[0]
+    view = mrml.scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    slice_to_ras = np.eye(4)
+    slice_to_ras[:3, 0], slice_to_ras[:3, 1], slice_to_ras[:3, 2], slice_to_ras[:3, 3] = x, y, normal, centre
+    view.GetSliceToRAS().DeepCopy(slicer.util.vtkMatrixFromArray(slice_to_ras))
+    view.UpdateMatrices()
+    assert geometry.slice_view_axis_and_index(oblique, view) == (2, 42)
+    # A prompt placed on that view: picked, pinned to slice 42, box corners in IJK.
+    corners = geometry.ijk_to_ras(oblique, [[30, 20, 42.2], [70, 60, 41.9]])
+    axis, index, picked = geometry.pick_prompt_view(oblique, [view], box=corners)
+    assert (axis, index, picked) == (2, 42, view)
+    prompt = geometry.engine_prompt(oblique, box=corners, axis=axis, index=index)
+    np.testing.assert_allclose(prompt.box_ijk, [[30, 20, 42], [70, 60, 42]], atol=1e-6)
+
+
+def test_prompt_off_the_slice_is_refused(oblique):
+    corners = geometry.ijk_to_ras(oblique, [[30, 20, 42], [70, 60, 45]])
+    with pytest.raises(InputError, match="away from slice"):
+        geometry.engine_prompt(oblique, box=corners, axis=2, index=42)
+
+
+def test_box_corners_and_points_convert_to_ijk(mrml, oblique):
+    a, b = geometry.ijk_to_ras(oblique, [[20, 30, 50], [40, 45, 50]])
+    points = mrml.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    points.AddControlPoint(*geometry.ijk_to_ras(oblique, [[25, 35, 50]])[0])
+    points.AddControlPoint(*geometry.ijk_to_ras(oblique, [[35, 40, 50]])[0])
+    points.SetNthControlPointSelected(1, False)  # unselected = exclude
+    prompt = geometry.engine_prompt(oblique, points=points, axis=2, index=50)
+    assert [inc for _, inc in prompt.points_ijk] == [True, False]
+    np.testing.assert_allclose([p for p, _ in prompt.points_ijk], [[25, 35, 50], [35, 40, 50]], atol=1e-6)
+    box = geometry.engine_prompt(oblique, box=(a, b))
+    np.testing.assert_allclose(box.box_ijk, [[20, 30, 50], [40, 45, 50]], atol=1e-6)
+
+
+def test_box_dragged_off_the_image_is_clipped(volume):
+    corners = geometry.ijk_to_ras(volume, [[-30, 10, 5], [40, 200, 5]])
+    prompt = geometry.engine_prompt(volume, box=corners)
+    np.testing.assert_allclose(prompt.box_ijk, [[-0.5, 10, 5], [40, 100.5, 5]])
