@@ -8,6 +8,7 @@ A *dense* (3D) label supervises all three slices of a window; a *sparse* (2D) la
 is one whose labelled slices are single-slice annotations (each supervises only its own
 slice, indicator one-hot on the centre).
 """
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,7 @@ def select_structures(volumes: Sequence[LabelledVolume], wanted: Optional[Sequen
         for item in wanted:
             item = item.strip()
             if not item.isdigit() and item not in known:
-                close = [n for n in known if item.lower() in n.lower() or n.lower() in item.lower()][:5]
+                close = difflib.get_close_matches(item, known, n=3, cutoff=0.6) or [n for n in known if item.lower() in n.lower()][:3]
                 hint = f" (did you mean {', '.join(close)}?)" if close else (f" (known: {', '.join(known[:8])}{', ...' if len(known) > 8 else ''})" if known else " (no label-name map given: use label numbers or add NAMES.json to --pair)")
                 raise InputError(f"unknown structure name '{item}'{hint}: check --structures")
     for v in volumes:

@@ -1,0 +1,123 @@
+"""Eval outputs: JSON (everything), a Markdown table, and one PNG figure per structure."""
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+RUN_COLUMNS = ("dice", "surface_dice_2mm", "hd95_mm", "extent_pred", "extent_true", "encoder_passes", "seconds")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".slidesam-", dir=str(path.parent))
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def write_json(report: dict, path: Path) -> Path:
+    _atomic_text(Path(path), json.dumps(report, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    return Path(path)
+
+
+def _fmt(v):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    if isinstance(v, (list, tuple)):
+        return "–" if not v else f"{v[0]}–{v[1]}"
+    return str(v)
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# SlideSAM evaluation", "", f"Model: {report['model']} (points: {'yes' if report['supports_points'] else 'no'})", ""]
+    lines += ["| case | structure | prompt | Dice | surface Dice 2 mm | HD95 mm | slices pred | slices true | encoder passes | s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        for name, run in r["runs"].items():
+            label = name + (" (forced)" if run.get("forced") else "")
+            lines.append(f"| {r['case']} | {r['structure']} | {label} | " + " | ".join(_fmt(run.get(c)) for c in RUN_COLUMNS) + " |")
+    eff = [r for r in report["results"] if "efficiency" in r]
+    if eff:
+        lines += ["", "Labelling efficiency (prompts until 3D Dice ≥ 0.90: one box + corrections, vs a box on every slice):", "",
+                  "| case | structure | prompts | reached | final Dice | box-every-slice prompts | box-every-slice Dice |", "|---|---|---|---|---|---|---|"]
+        for r in eff:
+            e = r["efficiency"]
+            lines.append(f"| {r['case']} | {r['structure']} | {e['prompts']} | {'yes' if e['reached'] else 'no'} | {e['final_dice']:.3f} | "
+                         f"{e['box_every_slice_prompts']} | {e['box_every_slice_dice']:.3f} |")
+    s = report["summary"]
+    lines += ["", "| prompt | structures | mean Dice | mean surface Dice 2 mm | median HD95 mm |", "|---|---|---|---|---|"]
+    for name, v in s.items():
+        if isinstance(v, dict) and "mean_dice" in v:
+            lines.append(f"| {name} | {v['structures']} | {v['mean_dice']:.3f} | {v['mean_surface_dice_2mm']:.3f} | {_fmt(v['median_hd95_mm'])} |")
+    if "point_vs_box_mean" in s:
+        lines += ["", f"One include click vs one box (mean ratio of 3D Dice): {s['point_vs_box_mean']:.3f}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(report: dict, path: Path) -> Path:
+    _atomic_text(Path(path), markdown(report))
+    return Path(path)
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "structure"
+
+
+def figure(case, result: dict, fig_data: dict, path: Path) -> Path:
+    """Prompt slice with the prompt, propagated contours on a few slices, and the per-slice Dice curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    truth, pred, k0 = fig_data["truth"], fig_data["box_pred"], fig_data["k0"]
+    ks = np.nonzero(truth.reshape(truth.shape[0], -1).any(axis=1) | pred.reshape(pred.shape[0], -1).any(axis=1))[0]
+    others = [int(k) for k in np.unique(np.linspace(ks.min(), ks.max(), 5).round().astype(int)) if k != k0][:4] if ks.size else []
+    panels = [k0] + others
+    fig, axes = plt.subplots(2, max(len(panels), 2), figsize=(3.2 * max(len(panels), 2), 6.4))
+    lo, hi = np.percentile(case.volume, (1, 99))
+    for ax, k in zip(axes[0], panels):
+        ax.imshow(case.volume[k], cmap="gray", vmin=lo, vmax=hi)
+        if truth[k].any():
+            ax.contour(truth[k], levels=[0.5], colors="lime", linewidths=1)
+        if pred[k].any():
+            ax.contour(pred[k], levels=[0.5], colors="red", linewidths=1)
+        if k == k0:
+            x0, y0, x1, y1 = fig_data["box"]
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", linewidth=1))
+            if "click" in fig_data:
+                ax.plot(*fig_data["click"], "c+", markersize=10)
+        ax.set_title(f"slice {k}" + (" (prompt)" if k == k0 else ""), fontsize=9)
+        ax.axis("off")
+    for ax in axes[0][len(panels):]:
+        ax.axis("off")
+    gs = axes[1][0].get_gridspec()
+    for ax in axes[1]:
+        ax.remove()
+    curve = fig.add_subplot(gs[1, :])
+    sd = result["slice_dice"]
+    curve.plot(list(sd), list(sd.values()), "o-", color="red", label="box prompt, propagated")
+    curve.axvline(k0, color="yellow", linestyle="--", label="prompt slice")
+    curve.set_ylim(-0.02, 1.02)
+    curve.set_xlabel("slice (k)")
+    curve.set_ylabel("Dice")
+    run = result["runs"]["box"]
+    curve.set_title(f"{result['case']} — {result['structure']}: 3D Dice {run['dice']:.3f}, surface Dice {run['surface_dice_2mm']:.3f}  (green truth, red prediction)", fontsize=9)
+    curve.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=".slidesam-", suffix=".png", dir=str(Path(path).parent))
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=80)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return Path(path)
