@@ -25,6 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--allow-remote-without-key", action="store_true", help="allow binding beyond loopback without an API key (only on a trusted network)")
     p.add_argument("--checkpoint", help="model file or adapter folder (default: the embedded LiteMedSAM model)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--session-ttl", type=float, default=3600.0, metavar="S", help="close sessions idle for S seconds (default 3600)")
     p.add_argument("--cache-mb", type=float, default=2048.0, metavar="MB", help="memory for cached embeddings across all sessions (default 2048)")
     p.add_argument("--max-sessions", type=int, default=32, help="open sessions at most (default 32)")
@@ -70,6 +71,8 @@ def check_options(args, api_key: str) -> None:
     for name in ("session_ttl", "cache_mb", "max_upload_mb"):
         if getattr(args, name) <= 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive")
+    if args.threads is not None and args.threads < 1:
+        raise InputError("--threads must be at least 1")
     if args.max_sessions < 1:
         raise InputError("--max-sessions must be at least 1")
     if len(api_key) < 8 and api_key:
@@ -86,6 +89,10 @@ def run(args) -> int:
     from .. import load_model
     from .app import create_app
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint, device=args.device)
     app = create_app(
         model,

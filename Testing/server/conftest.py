@@ -16,6 +16,7 @@ def main_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def local_model():
+    """The same model in this process, to compare the server's answers with the local engine's."""
     from SlideSAMLib import load_model
 
     return load_model(device="cpu")

@@ -32,7 +32,11 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
         self.log_path = tmp_dir / f"server-{self.port}.log"
-        args = [sys.executable, "-m", "SlideSAMLib.cli", "serve", "--port", str(self.port), "--log-level", "warning", *options]
+        import torch
+
+        # Same thread count as this process, so the server's arithmetic matches the local engine's bit for bit.
+        threads = str(torch.get_num_threads())
+        args = [sys.executable, "-m", "SlideSAMLib.cli", "serve", "--port", str(self.port), "--threads", threads, "--log-level", "warning", *options]
         if api_key:
             args += ["--api-key", api_key]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
