@@ -6,38 +6,42 @@
     session = Session(model, array_of(image))
     result = session.segment(box=((40, 30, 60), (90, 80, 60)))   # (i, j, k) voxel corners
     write_result(result.volume_mask(), image, "liver.seg.nrrd", segment_name="liver")
+
+Names are imported lazily so that light sub-modules (the server client, errors)
+can be used without torch installed.
 """
+import importlib
 import warnings
 
-with warnings.catch_warnings():
-    # timm (used by LiteMedSAM's TinyViT) warns about its own deprecated module paths at import.
-    warnings.simplefilter("ignore", FutureWarning)
-    from .checkpoint import SlideSAMModel, describe_checkpoint, load_model, pick_device
-
 from ._version import __version__
-from .cache import EmbeddingCache
 from .errors import Cancelled, CheckpointError, InputError, SlideSAMError
-from .imageio import array_of, describe_image, read_image, write_result
-from .propagation import PropagationResult, SliceInfo, StopRule
-from .session import Session
 
-__all__ = [
-    "__version__",
-    "Cancelled",
-    "CheckpointError",
-    "EmbeddingCache",
-    "InputError",
-    "PropagationResult",
-    "Session",
-    "SlideSAMError",
-    "SlideSAMModel",
-    "SliceInfo",
-    "StopRule",
-    "array_of",
-    "describe_checkpoint",
-    "describe_image",
-    "load_model",
-    "pick_device",
-    "read_image",
-    "write_result",
-]
+_LAZY = {
+    "SlideSAMModel": "checkpoint",
+    "describe_checkpoint": "checkpoint",
+    "load_model": "checkpoint",
+    "pick_device": "checkpoint",
+    "EmbeddingCache": "cache",
+    "array_of": "imageio",
+    "describe_image": "imageio",
+    "read_image": "imageio",
+    "write_result": "imageio",
+    "PropagationResult": "propagation",
+    "SliceInfo": "propagation",
+    "StopRule": "propagation",
+    "Session": "session",
+}
+
+__all__ = ["__version__", "Cancelled", "CheckpointError", "InputError", "SlideSAMError", *_LAZY]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'SlideSAMLib' has no attribute '{name}'")
+    with warnings.catch_warnings():
+        # timm (LiteMedSAM's TinyViT) warns about its own deprecated module paths when imported.
+        warnings.simplefilter("ignore", FutureWarning)
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

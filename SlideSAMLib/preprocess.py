@@ -25,8 +25,12 @@ SAM_PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 
 
 def detect_modality(volume: np.ndarray) -> str:
-    """'ct' when the volume has values below -10 (Hounsfield air), else 'mr' (the authors' rule)."""
-    return "ct" if float(np.min(volume)) < -10 else "mr"
+    """'ct' when the volume reaches air in Hounsfield units (below -500), else 'mr'.
+
+    The authors' rule (minimum below -10) calls MR volumes with small negative values
+    (bias-field corrected, resampled: mr_abdomen's minimum is -47) CT.
+    """
+    return "ct" if float(np.min(volume)) < -500 else "mr"
 
 
 def normalise_volume(volume: np.ndarray, preprocessing: str, modality: str = "auto") -> np.ndarray:

@@ -27,6 +27,11 @@ from .predictor import WindowPrediction, WindowPredictor
 
 CENTER_WEIGHT = 2.0
 SIDE_WEIGHT = 1.0
+# The next window's box is the neighbour mask's box grown by this many model-input pixels on
+# each side: a tight box makes SAM-family models under-segment, and the chain then shrinks.
+BOX_MARGIN_MODEL_PX = 5.0
+# How far (model-input pixels) an organ's outline may move from one slice to the next.
+STEP_MODEL_PX = 2.0
 
 
 @dataclass
@@ -36,7 +41,7 @@ class StopRule:
     min_overlap: float = 0.5  # Dice(centre mask, prompt mask from the neighbour window)
     max_growth: float = 1.6  # centre area / previous centre area
     min_iou: float = 0.5
-    min_intensity_inliers: float = 0.6  # fraction of mask voxels inside the reference intensity band
+    min_intensity_inliers: float = 0.3  # fraction of mask voxels inside the reference intensity band
 
     def reason(self, f: "SliceInfo", max_area: int) -> Optional[str]:
         if f.area < max(self.min_area_pixels, self.min_area_fraction * max_area):
@@ -117,6 +122,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(a, b).sum()) / s if s else 1.0
 
 
+BAND_PERCENTILES = (5.0, 95.0)
+BAND_PAD = 0.05
+
+
 class IntensityModel:
     """The prompted organ's intensity band (2nd–98th percentile of its voxels, widened by 10 % of its span)."""
 
@@ -125,15 +134,40 @@ class IntensityModel:
         if values.size < 10:
             self.lo, self.hi = -np.inf, np.inf
             return
-        lo, hi = np.percentile(values, (2, 98))
-        pad = 0.1 * max(hi - lo, 1e-6)
+        lo, hi = np.percentile(values, BAND_PERCENTILES)
+        pad = BAND_PAD * max(hi - lo, 1e-6)
         self.lo, self.hi = lo - pad, hi + pad
+
+    def band(self, image: np.ndarray) -> np.ndarray:
+        return (image >= self.lo) & (image <= self.hi)
 
     def inliers(self, image: np.ndarray, mask: np.ndarray) -> float:
         values = image[mask]
         if not values.size:
             return 0.0
         return float(np.mean((values >= self.lo) & (values <= self.hi)))
+
+
+def constrain(
+    mask: np.ndarray, image: np.ndarray, intensity: IntensityModel, previous: Optional[np.ndarray], step: Tuple[int, int]
+) -> np.ndarray:
+    """Keep what can continue `previous`: within `step` pixels of it, in the organ's intensity band,
+    in components that touch it; holes filled.  An organ's outline moves a few pixels per slice,
+    so this stops a box prompt from leaking into the neighbours it happens to cover."""
+    from scipy import ndimage
+
+    m = mask & intensity.band(image)
+    if previous is not None and previous.any():
+        sy, sx = step
+        reach = ndimage.binary_dilation(previous, structure=np.ones((2 * sy + 1, 2 * sx + 1), bool))
+        m &= reach
+        labels, n = ndimage.label(m)
+        if n > 1:
+            keep = np.unique(labels[previous & m])
+            keep = keep[keep > 0]
+            if keep.size:
+                m = np.isin(labels, keep)
+    return ndimage.binary_fill_holes(m)
 
 
 ProgressFn = Callable[[float, str], None]
@@ -143,8 +177,20 @@ CancelFn = Callable[[], bool]
 class Propagator:
     """Runs one propagation on a `WindowPredictor`; holds the per-slice contributions while it runs."""
 
-    def __init__(self, predictor: WindowPredictor, rule: StopRule = StopRule(), progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None):
+    def __init__(
+        self,
+        predictor: WindowPredictor,
+        rule: StopRule = StopRule(),
+        progress: Optional[ProgressFn] = None,
+        cancel: Optional[CancelFn] = None,
+        box_margin_model_px: float = BOX_MARGIN_MODEL_PX,
+        step_model_px: float = STEP_MODEL_PX,
+    ):
         self.p = predictor
+        g = predictor.geometry
+        rh, rw = g.resized
+        self.margin = (box_margin_model_px * g.cols / rw, box_margin_model_px * g.rows / rh)
+        self.step = (max(1, int(round(step_model_px * g.rows / rh))), max(1, int(round(step_model_px * g.cols / rw))))
         self.rule = rule
         self.progress = progress or (lambda fraction, message: None)
         self.cancel = cancel or (lambda: False)
@@ -157,6 +203,15 @@ class Propagator:
             if lo <= s <= hi:
                 self._sum[s] = self._sum.get(s, 0) + weight * pred.logits[offset + 1]
                 self._weight[s] = self._weight.get(s, 0.0) + weight
+
+    def _grown_box(self, mask: np.ndarray):
+        box = box_of(mask)
+        if box is None:
+            return None
+        mx, my = self.margin
+        rows, cols = mask.shape
+        x0, y0, x1, y1 = box
+        return max(0.0, x0 - mx), max(0.0, y0 - my), min(cols - 1.0, x1 + mx), min(rows - 1.0, y1 + my)
 
     def merged(self, s: int) -> Optional[np.ndarray]:
         if s not in self._sum:
@@ -183,13 +238,15 @@ class Propagator:
         intensity = IntensityModel(image[start], start_mask)
         start_info = SliceInfo(start, first.iou, first.stability, int(start_mask.sum()))
         res.info.append(start_info)
-        accepted = {start}
+        chains = {}
         max_area = start_info.area
         span = max(1, sum((hi - start) if d > 0 else (start - lo) for d in directions))
         done = 0
         for d in directions:
             name = "up" if d > 0 else "down"
+            chain = chains[d] = []
             prev_area = start_info.area
+            previous_mask = start_mask
             c = start + d
             while True:
                 if not (lo <= c <= hi):
@@ -200,7 +257,9 @@ class Propagator:
                     res.stopped[name] = "cancelled"
                     break
                 prompt_mask = self.merged(c)
-                box = box_of(prompt_mask) if prompt_mask is not None else None
+                if prompt_mask is not None:
+                    prompt_mask = constrain(prompt_mask, image[c], intensity, previous_mask, self.step)
+                box = self._grown_box(prompt_mask) if prompt_mask is not None else None
                 if box is None:
                     res.stopped[name] = "vanished"
                     break
@@ -208,7 +267,7 @@ class Propagator:
                 ahead = [c + d * i for i in range(self.p.batch_size)]
                 self.p.encode([k for k in ahead if lo <= k <= hi])
                 pred = self.p.predict(c, box=box)
-                centre = (pred.logits[1] > 0).numpy()
+                centre = constrain((pred.logits[1] > 0).numpy(), image[c], intensity, previous_mask, self.step)
                 area = int(centre.sum())
                 info = SliceInfo(
                     c,
@@ -217,7 +276,7 @@ class Propagator:
                     area,
                     overlap=dice(centre, prompt_mask),
                     growth=area / max(prev_area, 1),
-                    intensity_inliers=intensity.inliers(image[c], centre),
+                    intensity_inliers=intensity.inliers(image[c], (pred.logits[1] > 0).numpy()),
                 )
                 reason = self.rule.reason(info, max_area)
                 done += 1
@@ -228,15 +287,21 @@ class Propagator:
                     break
                 res.info.append(info)
                 self._add(pred, lo, hi)
-                accepted.add(c)
+                chain.append(c)
                 max_area = max(max_area, area)
                 prev_area = area
+                previous_mask = centre
                 self.progress(min(0.99, done / span), f"slice {c} ({name})")
                 c += d
-        for s in accepted:
-            res.slice_masks[s] = self.merged(s)
+        # Final masks: the averaged windows of each slice, constrained outward from the start slice.
         if fixed_start_mask is not None:
             res.slice_masks[start] = fixed_start_mask.astype(bool)
+        else:
+            res.slice_masks[start] = constrain(self.merged(start), image[start], intensity, start_mask, self.step)
+        for chain in chains.values():
+            previous = res.slice_masks[start]
+            for c in chain:
+                previous = res.slice_masks[c] = constrain(self.merged(c), image[c], intensity, previous, self.step)
         res.encoder_passes += self.p.encoder_passes - passes0
         res.seconds += time.perf_counter() - t0
         return res

