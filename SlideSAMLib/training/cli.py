@@ -1,6 +1,5 @@
 """`slidesam train`: fine-tune a three-slice model on labelled volumes; writes an adapter folder."""
 import shlex
-import sys
 from pathlib import Path
 
 from ..errors import InputError
@@ -65,6 +64,24 @@ def load_volumes(args):
     return volumes, data
 
 
+def command_line(args) -> str:
+    """The invocation, rebuilt from the parsed options (recorded in the adapter's manifest)."""
+    parts = ["slidesam", "train"]
+    for option in ("pair", "pair2d"):
+        for item in getattr(args, option):
+            parts += [f"--{option}", *item]
+    defaults = {"structures": None, "base": None, "device": None, "max_minutes": None}
+    for name in ("structures", "base", "steps", "batch_size", "lr", "rank", "alpha", "decoder", "point_fraction", "seed", "device", "max_minutes", "save_every"):
+        value = getattr(args, name)
+        if value is not None or name not in defaults:
+            parts += [f"--{name.replace('_', '-')}", str(value)]
+    for flag in ("no_amp", "no_augment", "resume"):
+        if getattr(args, flag):
+            parts.append(f"--{flag.replace('_', '-')}")
+    parts += ["-o", str(args.out)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def run(args) -> int:
     from .trainer import TrainConfig, Trainer
 
@@ -80,7 +97,7 @@ def run(args) -> int:
         out=str(out), base=args.base, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=args.rank, alpha=args.alpha,
         decoder=args.decoder, point_fraction=args.point_fraction, seed=args.seed, device=args.device, amp=not args.no_amp,
         augment=not args.no_augment, save_every=args.save_every, max_minutes=args.max_minutes, resume=args.resume,
-        progress=not args.quiet, command="slidesam " + " ".join(shlex.quote(a) for a in sys.argv[1:]), data=data,
+        progress=not args.quiet, command=command_line(args), data=data,
     )
     trainer = Trainer(volumes, cfg)
     folder = trainer.run()
