@@ -8,7 +8,6 @@ Kinds recognised (see README, "Models and checkpoints"):
 """
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Union
@@ -82,11 +81,10 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} is empty: download it again")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        kind = "truncated or corrupt" if zipfile.is_zipfile(path) or _looks_like_torch_zip_prefix(path) else "not a PyTorch checkpoint"
-        raise CheckpointError(f"checkpoint {path} is {kind} ({type(exc).__name__}): download it again or give a .pth state dict") from exc
-    except Exception as exc:  # pickle errors have many types; all mean "not a loadable state dict"
-        raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch state dict ({type(exc).__name__}): give a .pth file") from exc
+    except Exception as exc:  # torch.load fails with many types (pickle, zip, EOF...); all mean "unreadable"
+        if _looks_like_torch_zip_prefix(path):
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}): download it again") from exc
+        raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint ({type(exc).__name__}): give a SAM, Slide-SAM or LiteMedSAM .pth file") from exc
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
             obj = obj[wrapper]
