@@ -40,13 +40,21 @@ def main():
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     report = SlideSAM.SlideSAMLogic().segment(volume, segmentation, "kidney_left", box=tuple(to_ras(c) for c in box_ijk))
     mask = read_segment(segmentation, report.segmentId, volume).astype(bool)
+    np.save("/tmp/slidesam_figure_mask.npy", mask)  # lets the figure be re-styled without another run
     ct = np.clip(sitk.GetArrayFromImage(image), -200, 300)
     dice = 2 * (mask & reference).sum() / (mask.sum() + reference.sum())
     ci, cj = int(is_.mean()), int(js.mean())
+    # example_ct's i runs to patient right and j to anterior: flip to Slicer's radiological display
+    # (axial: anterior up, patient right on screen left; coronal: superior up; sagittal: anterior left).
+    ni, nj = ct.shape[2], ct.shape[1]
+    axial = lambda a: a[::-1, ::-1]
+    coronal = lambda a: a[::-1, ::-1]
+    sagittal = lambda a: a[::-1, ::-1]
+    flipped_box = [(ni - 1 - box_ijk[1][0], nj - 1 - box_ijk[1][1], k), (ni - 1 - box_ijk[0][0], nj - 1 - box_ijk[0][1], k)]
     views = [
-        (f"axial slice {k} (prompt)", ct[k], mask[k], reference[k], box_ijk),
-        (f"coronal row {cj}", ct[:, cj, :][::-1], mask[:, cj, :][::-1], reference[:, cj, :][::-1], None),
-        (f"sagittal column {ci}", ct[:, :, ci][::-1], mask[:, :, ci][::-1], reference[:, :, ci][::-1], None),
+        (f"axial slice {k} (prompt)", axial(ct[k]), axial(mask[k]), axial(reference[k]), flipped_box),
+        (f"coronal row {cj}", coronal(ct[:, cj, :]), coronal(mask[:, cj, :]), coronal(reference[:, cj, :]), None),
+        (f"sagittal column {ci}", sagittal(ct[:, :, ci]), sagittal(mask[:, :, ci]), sagittal(reference[:, :, ci]), None),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), dpi=100)
     for ax, (title, img, m, ref, box) in zip(axes, views):
