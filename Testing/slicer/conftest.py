@@ -13,7 +13,6 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-DATA = ROOT / ".." / "shared" / "data"
 STANDINS = HERE / "standins"
 
 
@@ -34,6 +33,8 @@ if "slicer" in sys.modules:  # imported earlier without the stand-ins: add them 
     sys.modules["slicer"].__path__.append(str(STANDINS / "slicer"))
 
 import slicer  # noqa: E402
+
+slicer.__path__[:] = [p for p in slicer.__path__ if Path(p).resolve() != HERE]  # in case it was imported earlier
 import slicer.ScriptedLoadableModule  # noqa: E402,F401
 
 _KEEP_ALIVE = {}
@@ -74,19 +75,9 @@ def mrml():
 
 
 @pytest.fixture(scope="session")
-def data_dir():
-    path = DATA.resolve()
-    if not (path / "ct_abdomen" / "example_ct.nii.gz").exists():
-        pytest.skip(f"test data not found under {path}")
-    return path
-
-
-@pytest.fixture(scope="session")
-def slidesam_model():
-    """One embedded model for the whole session (loading costs seconds)."""
+def slidesam_model(model):
+    """The session's embedded model (Testing/conftest.py), injected into the logic: loaded once."""
     import torch
 
-    torch.set_num_threads(2)
-    from SlideSAMLib import load_model
-
-    return load_model(device="cpu")
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return model
