@@ -184,6 +184,8 @@ def main() -> int:
                     help="cases to run (the last two lines use the first one)")
     ap.add_argument("--json", help="also write all figures to this JSON file")
     ap.add_argument("--cpu-paths", action="store_true", help="instead: LiteMedSAM encoder variants on CPU (ms/window, mask Dice)")
+    ap.add_argument("--threads", type=int, help="with --cpu-paths: reference torch threads (default: cores)")
+    ap.add_argument("--reps", type=int, default=3, help="with --cpu-paths: timed (reference, variant) pairs per variant")
     ap.add_argument("--skip", nargs="*", default=[], help="with --cpu-paths: variant groups to leave out (compile, onnx)")
     ap.add_argument("--scenario", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -196,7 +198,7 @@ def main() -> int:
         return 0
 
     if args.cpu_paths:
-        return explore_cpu_paths(skip=set(args.skip), json_path=args.json)
+        return explore_cpu_paths(skip=set(args.skip), json_path=args.json, threads=args.threads, reps=args.reps)
 
     import torch
 
@@ -228,7 +230,7 @@ def main() -> int:
 
 
 # -- CPU path exploration (LiteMedSAM encoder) ---------------------------------------------------
-def explore_cpu_paths(skip=frozenset(), json_path=None) -> int:
+def explore_cpu_paths(skip=frozenset(), json_path=None, threads=None, reps=3) -> int:
     """ms/window of encoder variants on real windows of example_ct, and the masks they lead to.
 
     Masks go through the engine's own path (fp16 embedding cache, fp32 decoder, box on the slice),
@@ -245,7 +247,8 @@ def explore_cpu_paths(skip=frozenset(), json_path=None) -> int:
     from SlideSAMLib.preprocess import window_to_input
 
     cores = os.cpu_count() or 1
-    torch.set_num_threads(cores)
+    base_threads = threads or cores
+    torch.set_num_threads(base_threads)
     model = load_model(device="cpu")
     volume, labels, _ = load_case("example")
     k_big = largest_slice(labels, LIVER)
@@ -263,52 +266,58 @@ def explore_cpu_paths(skip=frozenset(), json_path=None) -> int:
             out.append((pred.predict(k, box=(i0, j0, i1, j1)).logits > 0).numpy())
         return out
 
-    def run(fn, x, reps):
-        fn(x)  # warm-up
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            emb = fn(x)
-            times.append((time.perf_counter() - t) * 1000 / x.shape[0])
-        return emb, times
-
     def plain(x):
         with torch.inference_mode():
             return encoder(x)
+
+    def timed(fn, x, threads):
+        torch.set_num_threads(threads)
+        try:
+            t = time.perf_counter()
+            emb = fn(x)
+            return emb, (time.perf_counter() - t) * 1000 / x.shape[0]
+        finally:
+            torch.set_num_threads(base_threads)
 
     with torch.inference_mode():
         ref_emb = torch.cat([encoder(x4[i : i + 1]) for i in range(2)])
     ref_masks = masks_from(ref_emb)
     rows = []
 
-    def measure(name, fn, batch=1, threads=cores, reps=3, note=""):
-        torch.set_num_threads(threads)
+    def measure(name, fn, batch=1, threads=None, note=""):
+        """Paired timing: each variant pass right after a reference pass, so load swings hit both alike."""
+        threads = threads or base_threads
         try:
             x = x4[:batch] if batch <= 4 else x4[:1].repeat(batch, 1, 1, 1)
             t_load = load_avg()
-            emb, times = run(fn, x, reps)
+            fn(x)  # warm-up (and, for torch.compile, the compilation)
+            ref_ms, var_ms = [], []
+            for _ in range(reps):
+                ref_ms.append(timed(plain, x4[:1], base_threads)[1])
+                emb, ms = timed(fn, x, threads)
+                var_ms.append(ms)
             if emb.shape[0] < 2:
                 emb = torch.cat([emb, fn(x4[1:2])])
             masks = masks_from(emb[:2].float())
             row = {
-                "variant": name, "batch": batch, "threads": threads, "ms_median": statistics.median(times), "ms_min": min(times),
+                "variant": name, "batch": batch, "threads": threads, "ms_median": statistics.median(var_ms),
+                "ref_ms_median": statistics.median(ref_ms),
+                "speedup_paired": statistics.median(r / v for r, v in zip(ref_ms, var_ms)),
                 "emb_rel_error": float((emb[:2].float() - ref_emb).norm() / ref_emb.norm()),
                 "dice_centre_big": dice(masks[0][1], ref_masks[0][1]), "dice_centre_edge": dice(masks[1][1], ref_masks[1][1]),
                 "dice_3slices_min": min(dice(m[s], r[s]) for m, r in zip(masks, ref_masks) for s in range(3)),
-                "load": t_load, "note": note,
+                "load": f"{t_load} -> {load_avg()}", "note": note,
             }
         except Exception as exc:  # a variant that cannot run here is a finding, not a crash
             row = {"variant": name, "batch": batch, "threads": threads, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}", "load": load_avg()}
-        finally:
-            torch.set_num_threads(cores)
         rows.append(row)
         print("  " + json.dumps(row), flush=True)
 
-    print(f"cpu-paths: LiteMedSAM encoder, {cores} cores, torch {torch.__version__}; windows {ks}", flush=True)
-    measure("fp32", plain, note="reference")
-    measure("fp32", plain, threads=1)
-    for b in (2, 4):
-        measure("fp32", plain, batch=b)
+    print(f"cpu-paths: LiteMedSAM encoder, {cores} cores, reference fp32 batch 1 {base_threads} thread(s), torch {torch.__version__}; "
+          f"windows {ks}", flush=True)
+    measure("fp32", plain, note="reference vs itself")
+    measure("fp32", plain, threads=1 if base_threads > 1 else cores)
+    measure("fp32", plain, batch=4)
 
     cl_encoder = copy.deepcopy(encoder).to(memory_format=torch.channels_last)
 
@@ -322,9 +331,8 @@ def explore_cpu_paths(skip=frozenset(), json_path=None) -> int:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             return encoder(x).float()
 
-    for b in (1, 2, 4):
+    for b in (1, 4):
         measure("bf16 autocast", bf16, batch=b)
-    measure("bf16 autocast", bf16, threads=1)
 
     bf16_encoder = copy.deepcopy(encoder).to(torch.bfloat16)
 
@@ -335,7 +343,7 @@ def explore_cpu_paths(skip=frozenset(), json_path=None) -> int:
     measure("bf16 weights", bf16_weights)
 
     if "onnx" not in skip:
-        measure_onnx(encoder, x4, measure, cores)
+        measure_onnx(encoder, x4, measure, base_threads)
 
     if "compile" not in skip:
         compiled = torch.compile(copy.deepcopy(encoder))
@@ -345,7 +353,7 @@ def explore_cpu_paths(skip=frozenset(), json_path=None) -> int:
                 return compiled(x)
 
         t = time.perf_counter()
-        measure("torch.compile", compiled_fp32, note="compile+warm-up counted apart")
+        measure("torch.compile", compiled_fp32, note="compilation in the warm-up, not timed")
         rows[-1]["compile_and_total_s"] = time.perf_counter() - t
         compiled_bf16 = torch.compile(copy.deepcopy(encoder))
 
@@ -360,19 +368,18 @@ def explore_cpu_paths(skip=frozenset(), json_path=None) -> int:
     if json_path:
         Path(json_path).write_text(json.dumps(rows, indent=1))
     print()
-    print("| variant | batch | threads | ms/window median (min) | x vs ref | emb rel err | Dice centre big / edge | min Dice 3 slices | load |")
+    print("| variant | batch | threads | ms/window (paired ref ms) | speed-up, paired | emb rel err | Dice centre big / edge | min Dice 3 slices | load |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    ref = rows[0]["ms_median"]
     for r in rows:
         if "error" in r:
             print(f"| {r['variant']} | {r['batch']} | {r['threads']} | {r['error']} | | | | | {r['load']} |")
             continue
-        print(f"| {r['variant']} | {r['batch']} | {r['threads']} | {r['ms_median']:.0f} ({r['ms_min']:.0f}) | {ref / r['ms_median']:.2f} | "
+        print(f"| {r['variant']} | {r['batch']} | {r['threads']} | {r['ms_median']:.0f} ({r['ref_ms_median']:.0f}) | {r['speedup_paired']:.2f} | "
               f"{r['emb_rel_error']:.1e} | {r['dice_centre_big']:.4f} / {r['dice_centre_edge']:.4f} | {r['dice_3slices_min']:.4f} | {r['load']} |")
     return 0
 
 
-def measure_onnx(encoder, x4, measure, cores) -> None:
+def measure_onnx(encoder, x4, measure, threads) -> None:
     """Export the encoder (TorchScript exporter, dynamic batch) and run it in ONNX Runtime."""
     import torch
 
@@ -391,7 +398,7 @@ def measure_onnx(encoder, x4, measure, cores) -> None:
             print(f"  ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", flush=True)
             return
         print(f"  ONNX export {time.perf_counter() - t:.1f} s", flush=True)
-        for threads in (cores,):
+        for threads in (threads,):
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -401,7 +408,6 @@ def measure_onnx(encoder, x4, measure, cores) -> None:
                 return torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
 
             measure("onnxruntime", run_ort, threads=threads)
-            measure("onnxruntime", run_ort, batch=4, threads=threads)
 
 
 if __name__ == "__main__":
