@@ -35,7 +35,7 @@ def stability_score(logits: torch.Tensor, offset: float = STABILITY_OFFSET) -> f
 
 
 def default_batch_size(device: torch.device) -> int:
-    return 8 if device.type == "cuda" else 2
+    return 8 if device.type == "cuda" else 1
 
 
 class WindowPredictor:
