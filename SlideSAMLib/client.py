@@ -26,7 +26,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError, SlideSAMError
-from .wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, decode_masks, encode_mask2d, encode_volume, version_major, volume_mask_from
+from .wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, decode_masks, encode_mask2d, encode_volume, version_major, volume_mask_from, result_summary
 
 DEFAULT_TIMEOUT_S = 120.0  # per socket operation; a running job sends a line at least every 0.5 s
 
@@ -83,15 +83,7 @@ class RemoteResult:
         return volume_mask_from(self.slice_masks, self.stack_shape, self.axis)
 
     def summary(self) -> dict:
-        return {
-            "axis": "ijk"[self.axis],
-            "slices": [self.slices[0], self.slices[-1]] if self.slice_masks else [],
-            "slices_written": len(self.slice_masks),
-            "stopped": self.stopped,
-            "cancelled": self.cancelled,
-            "encoder_passes": self.encoder_passes,
-            "seconds": round(self.seconds, 2),
-        }
+        return result_summary(self)
 
 
 def _result_from(event: dict, job: str) -> RemoteResult:

@@ -24,6 +24,7 @@ import torch
 
 from .errors import Cancelled
 from .predictor import WindowPrediction, WindowPredictor
+from .wire import result_summary, volume_mask_from
 
 CENTER_WEIGHT = 2.0
 SIDE_WEIGHT = 1.0
@@ -93,21 +94,10 @@ class PropagationResult:
 
     def volume_mask(self) -> np.ndarray:
         """uint8 (z, y, x) volume: the written slices set, everything else 0."""
-        stack = np.zeros(self.stack_shape, dtype=np.uint8)
-        for k, m in self.slice_masks.items():
-            stack[k] = m
-        return np.ascontiguousarray(np.moveaxis(stack, 0, 2 - self.axis))
+        return volume_mask_from(self.slice_masks, self.stack_shape, self.axis)
 
     def summary(self) -> dict:
-        return {
-            "axis": "ijk"[self.axis],
-            "slices": [self.slices[0], self.slices[-1]] if self.slice_masks else [],
-            "slices_written": len(self.slice_masks),
-            "stopped": self.stopped,
-            "cancelled": self.cancelled,
-            "encoder_passes": self.encoder_passes,
-            "seconds": round(self.seconds, 2),
-        }
+        return result_summary(self)
 
 
 def box_of(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:

@@ -168,3 +168,17 @@ def volume_mask_from(slice_masks: Dict[int, np.ndarray], stack_shape: Iterable[i
     for s, m in slice_masks.items():
         stack[s] = m
     return np.ascontiguousarray(np.moveaxis(stack, 0, 2 - axis))
+
+
+def result_summary(result) -> dict:
+    """The one-line summary of a propagation result, local (PropagationResult) or remote (RemoteResult)."""
+    slices = result.slices
+    return {
+        "axis": "ijk"[result.axis],
+        "slices": [slices[0], slices[-1]] if slices else [],
+        "slices_written": len(slices),
+        "stopped": result.stopped,
+        "cancelled": result.cancelled,
+        "encoder_passes": result.encoder_passes,
+        "seconds": round(result.seconds, 2),
+    }
