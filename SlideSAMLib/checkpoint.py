@@ -38,7 +38,7 @@ class SlideSAMModel:
     @property
     def supports_points(self) -> bool:
         """LiteMedSAM was trained with boxes only; clicks need a point-trained model."""
-        return self.kind != "embedded" or getattr(self.net, "point_trained", False)
+        return self.kind in ("official", "sam") or getattr(self.net, "point_trained", False)
 
 
 def pick_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
