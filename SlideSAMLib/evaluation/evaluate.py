@@ -163,14 +163,16 @@ def efficiency(session, truth: np.ndarray, start_pred: np.ndarray, k0: int, targ
 
 
 def evaluate_structure(model: SlideSAMModel, case: Case, value: int, jitter: int = 2, with_efficiency: bool = True,
-                       force_points: bool = False, seed: int = 0) -> dict:
+                       force_points: bool = False, seed: int = 0, session=None) -> dict:
+    """`session`: the case's engine Session, shared by its structures so the volume is encoded once."""
     from ..session import Session
 
     truth = case.labels == value
     areas = truth.reshape(truth.shape[0], -1).sum(axis=1)
     k0 = int(np.argmax(areas))
     box2d = tight_box(truth[k0])
-    session = Session(model, case.volume)
+    session = session if session is not None else Session(model, case.volume)
+    passes_before = session.encoder_passes
     out = {"case": case.name, "structure": case.structures[value], "label": value, "prompt_slice": k0,
            "voxels": int(truth.sum()), "runs": {}}
     figure = {"truth": truth, "k0": k0, "box": box2d}
@@ -190,7 +192,7 @@ def evaluate_structure(model: SlideSAMModel, case: Case, value: int, jitter: int
         out["point_vs_box"] = round(run["dice"] / max(out["runs"]["box"]["dice"], 1e-6), 3)
     if with_efficiency:
         out["efficiency"] = efficiency(session, truth, figure["box_pred"], k0)
-    out["encoder_passes_total"] = session.encoder_passes
+    out["encoder_passes_total"] = session.encoder_passes - passes_before  # new passes for this structure
     return out, figure
 
 
@@ -198,14 +200,17 @@ def evaluate(model: SlideSAMModel, cases: Sequence[Case], jitter: int = 2, with_
              seed: int = 0, progress: Optional[Callable[[str], None]] = None, figures: Optional[Callable] = None) -> dict:
     t0 = time.perf_counter()
     results = []
+    from ..session import Session
+
     for case in cases:
+        session = Session(model, case.volume)  # one per case: its structures reuse the embeddings
         for value in case.structures:
             truth = case.labels == value
             if truth.reshape(truth.shape[0], -1).sum(axis=1).max() < MIN_AREA:
                 continue
             if progress:
                 progress(f"{case.name}: {case.structures[value]}")
-            res, fig = evaluate_structure(model, case, value, jitter, with_efficiency, force_points, seed)
+            res, fig = evaluate_structure(model, case, value, jitter, with_efficiency, force_points, seed, session=session)
             results.append(res)
             if figures:
                 figures(case, res, fig)
