@@ -26,7 +26,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError, SlideSAMError
-from .wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, decode_masks, encode_mask2d, encode_volume, version_major, volume_mask_from, result_summary
+from .wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, decode_masks, encode_mask2d, encode_volume, version_major, MaskResultMixin
 
 DEFAULT_TIMEOUT_S = 120.0  # per socket operation; a running job sends a line at least every 0.5 s
 
@@ -61,7 +61,7 @@ class SliceRecord(dict):
 
 
 @dataclass
-class RemoteResult:
+class RemoteResult(MaskResultMixin):
     """What the engine's PropagationResult holds, rebuilt from the server's answer."""
 
     axis: int
@@ -75,15 +75,6 @@ class RemoteResult:
     model: str = ""
     job: str = ""
 
-    @property
-    def slices(self) -> List[int]:
-        return sorted(self.slice_masks)
-
-    def volume_mask(self) -> np.ndarray:
-        return volume_mask_from(self.slice_masks, self.stack_shape, self.axis)
-
-    def summary(self) -> dict:
-        return result_summary(self)
 
 
 def _result_from(event: dict, job: str) -> RemoteResult:

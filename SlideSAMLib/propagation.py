@@ -24,7 +24,7 @@ import torch
 
 from .errors import Cancelled
 from .predictor import WindowPrediction, WindowPredictor
-from .wire import result_summary, volume_mask_from
+from .wire import MaskResultMixin
 
 CENTER_WEIGHT = 2.0
 SIDE_WEIGHT = 1.0
@@ -78,7 +78,7 @@ class SliceInfo:
 
 
 @dataclass
-class PropagationResult:
+class PropagationResult(MaskResultMixin):
     axis: int  # IJK slice axis (0 = i, 1 = j, 2 = k)
     stack_shape: Tuple[int, int, int]  # (slices, rows, cols) along that axis
     slice_masks: Dict[int, np.ndarray] = field(default_factory=dict)  # index -> bool (rows, cols)
@@ -88,16 +88,6 @@ class PropagationResult:
     encoder_passes: int = 0
     seconds: float = 0.0
 
-    @property
-    def slices(self) -> List[int]:
-        return sorted(self.slice_masks)
-
-    def volume_mask(self) -> np.ndarray:
-        """uint8 (z, y, x) volume: the written slices set, everything else 0."""
-        return volume_mask_from(self.slice_masks, self.stack_shape, self.axis)
-
-    def summary(self) -> dict:
-        return result_summary(self)
 
 
 def box_of(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:

@@ -12,7 +12,7 @@ import base64
 import json
 import struct
 import zlib
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -170,15 +170,27 @@ def volume_mask_from(slice_masks: Dict[int, np.ndarray], stack_shape: Iterable[i
     return np.ascontiguousarray(np.moveaxis(stack, 0, 2 - axis))
 
 
-def result_summary(result) -> dict:
-    """The one-line summary of a propagation result, local (PropagationResult) or remote (RemoteResult)."""
-    slices = result.slices
-    return {
-        "axis": "ijk"[result.axis],
-        "slices": [slices[0], slices[-1]] if slices else [],
-        "slices_written": len(slices),
-        "stopped": result.stopped,
-        "cancelled": result.cancelled,
-        "encoder_passes": result.encoder_passes,
-        "seconds": round(result.seconds, 2),
-    }
+class MaskResultMixin:
+    """What local (PropagationResult) and remote (RemoteResult) results share: needs slice_masks,
+    stack_shape, axis, stopped, cancelled, encoder_passes and seconds."""
+
+    @property
+    def slices(self) -> List[int]:
+        return sorted(self.slice_masks)
+
+    def volume_mask(self) -> np.ndarray:
+        """uint8 (k, j, i) volume: the written slices set, everything else 0."""
+        return volume_mask_from(self.slice_masks, self.stack_shape, self.axis)
+
+    def summary(self) -> dict:
+        """Slices written, where and why each side stopped, encoder passes, seconds."""
+        slices = self.slices
+        return {
+            "axis": "ijk"[self.axis],
+            "slices": [slices[0], slices[-1]] if slices else [],
+            "slices_written": len(slices),
+            "stopped": self.stopped,
+            "cancelled": self.cancelled,
+            "encoder_passes": self.encoder_passes,
+            "seconds": round(self.seconds, 2),
+        }
