@@ -7,6 +7,7 @@ import argparse
 import importlib
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -180,6 +181,8 @@ def run_info(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # timm (LiteMedSAM's TinyViT) warns about its own deprecated import paths; not the user's concern.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm(\.|$)")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
