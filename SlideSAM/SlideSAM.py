@@ -58,6 +58,9 @@ class SlideSAM(ScriptedLoadableModule):
             "the structure slice by slice into the selected segment. Fix a slice with Segment Editor, then "
             "<b>Restart from this slice</b> to propagate again from the correction (only that side is replaced). "
             "<b>Undo</b> reverts the last run. Segment Editor's editable area, intensity range and overwrite settings are honoured.</p>"
+            "<p>Model: the embedded LiteMedSAM (CPU is fine), a checkpoint file, or a <b>SlideSAM server</b> "
+            "(<code>slidesam serve</code> on a GPU machine: enter its URL and API key, press <b>Test connection</b>; "
+            "Slicer then needs no torch).</p>"
             + shortcuts_help_html()
             + "<p>Scripting: <code>import SlideSAM; logic = SlideSAM.SlideSAMLogic(); "
             "logic.segment(volumeNode, segmentationNode, 'kidney', box=(rasCorner1, rasCorner2))</code>.</p>"
@@ -78,11 +81,15 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
     Coordinates in and out are RAS (world); the engine works in voxel IJK of the volume.
     """
 
-    def __init__(self, model=None, checkpoint=None, device=None):
+    CONNECTION_TIMEOUT_S = 10.0  # "Test connection" runs on the GUI thread: fail fast
+
+    def __init__(self, model=None, checkpoint=None, device=None, server=None, apiKey=None):
         ScriptedLoadableModuleLogic.__init__(self)
         self._model = model
         self.checkpoint = checkpoint
         self.device = device
+        self.server = server or None  # URL of a `slidesam serve`: the model runs there, this logic only talks to it
+        self.apiKey = apiKey or None
         self._modelLock = threading.Lock()
         self._sessions = {}  # volume node ID -> (image modified key, Session)
         self._cache = None
@@ -96,20 +103,47 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
             self._model = model
             self._sessions.clear()
 
-    def setModelSource(self, checkpoint=None, device=None):
-        """Checkpoint file (None = the embedded LiteMedSAM) and device ("auto", "cpu", "cuda", "mps"); loaded on next use."""
+    def setModelSource(self, checkpoint=None, device=None, server=None, apiKey=None):
+        """Where the model runs: a checkpoint file (None = the embedded LiteMedSAM) on a device ("auto", "cpu",
+        "cuda", "mps"), loaded on next use; or `server`, the URL of a `slidesam serve` (with its API key)."""
         checkpoint = checkpoint or None
         device = None if device in (None, "", "auto") else device
-        if (checkpoint, device) != (self.checkpoint, self.device):
+        server, apiKey = (server.strip() or None) if server else None, apiKey or None
+        if server:
+            from SlideSAMLib.client import SlideSAMClient
+
+            SlideSAMClient(server)  # checks the URL now, with a one-line message
+        if (checkpoint, device, server, apiKey) != (self.checkpoint, self.device, self.server, self.apiKey):
             with self._modelLock:
-                self.checkpoint, self.device = checkpoint, device
+                self.checkpoint, self.device, self.server, self.apiKey = checkpoint, device, server, apiKey
                 self._model = None
-                self._sessions.clear()
+                self._closeSessions()
+
+    def _closeSessions(self):
+        """Forget every volume's session; server-side ones are closed in the background (a dead server must not block the GUI)."""
+        remote = [entry[1] for entry in self._sessions.values() if hasattr(entry[1], "close")]
+        self._sessions.clear()
+        for session in remote:
+            threading.Thread(target=session.close, daemon=True).start()
+
+    def client(self, timeout=None):
+        """A SlideSAMClient for the configured server."""
+        from SlideSAMLib.client import DEFAULT_TIMEOUT_S, SlideSAMClient
+
+        if not self.server:
+            raise InputError("no SlideSAM server is set: enter its URL (e.g. http://gpu-box:8765)")
+        return SlideSAMClient(self.server, api_key=self.apiKey, timeout=timeout or DEFAULT_TIMEOUT_S)
+
+    def testConnection(self):
+        """One line describing the server (version, model, device); raises a one-line SlideSAMError when it cannot be used."""
+        info = self.client(timeout=self.CONNECTION_TIMEOUT_S).version()
+        clicks = "box and click prompts" if info.get("supports_points") else "box prompts only"
+        return f"connected: SlideSAM {info.get('version')} on {info.get('device')}, model {info.get('model')} ({clicks})"
 
     def ensureDependencies(self, confirm=None):
         """Ask to install missing Python packages (main thread only). False if the user declined."""
-        if self._model is not None:
-            return True
+        if self._model is not None or self.server:
+            return True  # a server client needs numpy only
         return dependencies.ensure_dependencies(confirm)
 
     def model(self):
@@ -134,19 +168,32 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         entry = self._sessions.get(volumeId)
         voxels = None if entry is not None and entry[0] == key else np.array(slicer.util.arrayFromVolume(volumeNode))
 
-        def get():
-            from SlideSAMLib import EmbeddingCache, Session
+        server = self.server
+        geometryLps = geometry.itk_geometry(volumeNode) if server and voxels is not None else None
 
+        def get():
             with self._modelLock:
                 cached = self._sessions.get(volumeId)
             if cached is not None and cached[0] == key:
                 return cached[1]
-            model = self.model()
-            if self._cache is None:
-                self._cache = EmbeddingCache()
-            session = Session(model, voxels, cache=self._cache)
+            if server:
+                from SlideSAMLib.client import RemoteSession
+
+                client = self.client()
+                client.version()  # a version mismatch is reported before anything is uploaded
+                session = RemoteSession(client, voxels, *geometryLps)
+            else:
+                from SlideSAMLib import EmbeddingCache, Session
+
+                model = self.model()
+                if self._cache is None:
+                    self._cache = EmbeddingCache()
+                session = Session(model, voxels, cache=self._cache)
             with self._modelLock:
+                old = self._sessions.get(volumeId)
                 self._sessions[volumeId] = (key, session)  # replaces the session of an older version of the volume
+            if old is not None and hasattr(old[1], "close"):
+                old[1].close()
             return session
 
         return get
@@ -299,6 +346,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Thin GUI: collects the prompt and options, runs the logic's job on a worker thread, shows progress."""
 
     POLL_MS = 100
+    SOURCE_EMBEDDED, SOURCE_CHECKPOINT, SOURCE_SERVER = range(3)  # model source combo box entries
     # parameter node key -> (ui widget name, kind)
     SETTINGS = {
         "Direction": ("directionComboBox", "combo"),
@@ -308,6 +356,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         "ModelSource": ("modelSourceComboBox", "combo"),
         "Checkpoint": ("checkpointPathLineEdit", "path"),
         "Device": ("deviceComboBox", "combo"),
+        "ServerURL": ("serverUrlLineEdit", "text"),  # the API key is kept out of the scene: it would be saved with it
         "HonourEditorMasking": ("editorMaskingCheckBox", "check"),
     }
     NODE_REFERENCES = {
@@ -356,12 +405,15 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.excludePointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.excludePlaceWidget.setCurrentNode)
         for key, (name, kind) in self.SETTINGS.items():
             widget = getattr(self.ui, name)
-            signal = {"combo": "currentIndexChanged(int)", "check": "toggled(bool)", "spin": "valueChanged(int)", "path": "currentPathChanged(QString)"}[kind]
+            signal = {"combo": "currentIndexChanged(int)", "check": "toggled(bool)", "spin": "valueChanged(int)", "path": "currentPathChanged(QString)",
+                      "text": "textChanged(QString)"}[kind]
             widget.connect(signal, self.updateParameterNodeFromGUI)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
         self.ui.restartButton.connect("clicked(bool)", self.onRestart)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
+        self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
+        self.ui.apiKeyLineEdit.text = os.environ.get("SLIDESAM_API_KEY", "")
 
         actions = {"placeBox": lambda: self.startPlacing(self.ui.boxPlaceWidget, self.ui.boxSelector, "vtkMRMLMarkupsROINode", "SlideSAM box"),
                    "placeInclude": lambda: self.startPlacing(self.ui.includePlaceWidget, self.ui.includePointsSelector, "vtkMRMLMarkupsFiducialNode", "SlideSAM include"),
@@ -434,6 +486,8 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     widget.checked = value == "true"
                 elif kind == "spin":
                     widget.value = int(value)
+                elif kind == "text":
+                    widget.text = value
                 else:
                     widget.currentPath = value
         finally:
@@ -451,7 +505,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for key, (name, kind) in self.SETTINGS.items():
             widget = getattr(self.ui, name)
             value = {"combo": lambda: widget.currentText, "check": lambda: "true" if widget.checked else "false",
-                     "spin": lambda: str(widget.value), "path": lambda: widget.currentPath}[kind]()
+                     "spin": lambda: str(widget.value), "path": lambda: widget.currentPath, "text": lambda: widget.text}[kind]()
             node.SetParameter(key, value)
         node.EndModify(wasModifying)
         self.updateButtons()
@@ -464,7 +518,12 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.restartButton.enabled = ready and not busy and bool(self.ui.segmentSelector.currentSegmentID())
         self.ui.cancelButton.enabled = busy
         self.ui.undoButton.enabled = not busy and self.logic.canUndo(self.ui.segmentationSelector.currentNode())
-        self.ui.checkpointPathLineEdit.enabled = self.ui.modelSourceComboBox.currentIndex == 1
+        source = self.ui.modelSourceComboBox.currentIndex
+        self.ui.checkpointPathLineEdit.enabled = source == self.SOURCE_CHECKPOINT
+        self.ui.deviceComboBox.enabled = source != self.SOURCE_SERVER
+        for widget in (self.ui.serverUrlLineEdit, self.ui.apiKeyLineEdit):
+            widget.enabled = source == self.SOURCE_SERVER
+        self.ui.testConnectionButton.enabled = source == self.SOURCE_SERVER and not busy
 
     # -- prompts ----------------------------------------------------------------------------
     def startPlacing(self, placeWidget, selector, className, name):
@@ -482,11 +541,26 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return [layoutManager.sliceWidget(name).mrmlSliceNode() for name in layoutManager.sliceViewNames()]
 
     # -- runs ------------------------------------------------------------------------------
+    def _applyModelSource(self):
+        source = self.ui.modelSourceComboBox.currentIndex
+        if source == self.SOURCE_SERVER:
+            if not self.ui.serverUrlLineEdit.text.strip():
+                raise InputError("no server URL: enter the address of a machine running 'slidesam serve', e.g. http://gpu-box:8765")
+            self.logic.setModelSource(server=self.ui.serverUrlLineEdit.text, apiKey=self.ui.apiKeyLineEdit.text)
+        else:
+            self.logic.setModelSource(self.ui.checkpointPathLineEdit.currentPath if source == self.SOURCE_CHECKPOINT else None,
+                                      self.ui.deviceComboBox.currentText)
+
+    def onTestConnection(self):
+        self.ui.statusLabel.text = "connecting..."
+        message = "no connection to the server"
+        with slicer.util.tryWithErrorDisplay("SlideSAM cannot use the server", waitCursor=True):
+            self._applyModelSource()
+            message = self.logic.testConnection()
+        self.ui.statusLabel.text = message
+
     def _options(self):
-        if self.ui.modelSourceComboBox.currentIndex == 2:
-            raise InputError("the SlideSAM server is not available yet: choose the embedded model or a checkpoint file")
-        self.logic.setModelSource(self.ui.checkpointPathLineEdit.currentPath if self.ui.modelSourceComboBox.currentIndex == 1 else None,
-                                  self.ui.deviceComboBox.currentText)
+        self._applyModelSource()
         sliceRange = (self.ui.firstSliceSpinBox.value, self.ui.lastSliceSpinBox.value) if self.ui.sliceRangeCheckBox.checked else None
         editor = slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode") if self.ui.editorMaskingCheckBox.checked else None
         return self.ui.directionComboBox.currentText, sliceRange, editor

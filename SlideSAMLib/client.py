@@ -14,6 +14,7 @@ internal failure) and its kinds `AuthError` (401), `SessionGone` (404/410), `Ver
 """
 import http.client
 import json
+import logging
 import os
 import socket
 import urllib.error
@@ -28,6 +29,7 @@ from ._version import __version__
 from .errors import InputError, SlideSAMError
 from .wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, decode_masks, encode_mask2d, encode_volume, version_major, MaskResultMixin
 
+log = logging.getLogger("slidesam.client")
 DEFAULT_TIMEOUT_S = 120.0  # per socket operation; a running job sends a line at least every 0.5 s
 
 
@@ -275,6 +277,55 @@ class SlideSAMClient:
         self._json("DELETE", f"/sessions/{session_id}")
 
 
+class RemoteSession:
+    """A volume held by the server, with the local `Session`'s `segment` / `restart` calls (IJK voxel prompts).
+
+    The Slicer module uses it for "Model source: server". The volume is uploaded on first use; when the
+    server has forgotten the session (expired, or the server restarted) it is uploaded once more and the
+    call repeated, and `progress` says so.
+    """
+
+    def __init__(self, client: SlideSAMClient, volume_zyx: np.ndarray, spacing=None, origin=None, direction=None, modality: str = "auto"):
+        self.client = client
+        self.volume = volume_zyx
+        self._geometry = (spacing, origin, direction, modality)
+        self.session_id: Optional[str] = None
+
+    def _upload(self) -> str:
+        spacing, origin, direction, modality = self._geometry
+        self.session_id = self.client.upload(self.volume, spacing, origin, direction, modality=modality)
+        return self.session_id
+
+    def _call(self, method: Callable[..., RemoteResult], progress, **kwargs) -> RemoteResult:
+        if self.session_id is None:
+            if progress is not None:
+                progress(0.0, f"uploading the volume to {self.client.url}")
+            self._upload()
+        try:
+            return method(self.session_id, progress=progress, **kwargs)
+        except SessionGone:
+            if progress is not None:
+                progress(0.0, "the server no longer holds this volume (session expired): uploading it again")
+            return method(self._upload(), progress=progress, **kwargs)
+
+    def segment(self, box=None, points=(), axis=None, direction="both", slice_range=None, progress=None, cancel=None) -> RemoteResult:
+        return self._call(self.client.segment, progress, box=box, points=points, axis=axis, direction=direction, slice_range=slice_range, cancel=cancel)
+
+    def restart(self, slice_mask, slice_index, axis=2, direction="up", slice_range=None, progress=None, cancel=None) -> RemoteResult:
+        return self._call(
+            self.client.restart, progress, slice_mask=slice_mask, slice_index=slice_index, axis=axis, direction=direction, slice_range=slice_range, cancel=cancel
+        )
+
+    def close(self) -> None:
+        """Free the server's copy now (it also expires on its own); a server that is gone is not an error here."""
+        session_id, self.session_id = self.session_id, None
+        if session_id is not None:
+            try:
+                self.client.close(session_id)
+            except ServerError as exc:
+                log.info("SlideSAM: could not close server session %s (%s)", session_id, exc)
+
+
 def segment_via_server(args, image, box, points, axis, progress=None) -> RemoteResult:
     """`slidesam segment --server URL`: upload the image, propagate the prompt on the server, close the session."""
     from .imageio import array_of
@@ -284,11 +335,8 @@ def segment_via_server(args, image, box, points, axis, progress=None) -> RemoteR
     api_key = getattr(args, "api_key", None) or os.environ.get("SLIDESAM_API_KEY") or None
     client = SlideSAMClient(args.server, api_key=api_key)
     client.version()
-    session_id = client.upload(array_of(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection(), modality=getattr(args, "modality", "auto"))
+    session = RemoteSession(client, array_of(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection(), modality=getattr(args, "modality", "auto"))
     try:
-        return client.segment(session_id, box=box, points=points, axis=axis, direction=args.direction, slice_range=args.slice_range, progress=progress)
+        return session.segment(box=box, points=points, axis=axis, direction=args.direction, slice_range=args.slice_range, progress=progress)
     finally:
-        try:
-            client.close(session_id)
-        except ServerError:
-            pass  # the session expires on its own; the result (or the error being raised) matters more
+        session.close()  # the result (or the error being raised) matters more than a session left to expire

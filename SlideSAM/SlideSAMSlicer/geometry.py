@@ -39,6 +39,14 @@ def ijk_to_world(volume_node) -> np.ndarray:
     return ijk_to_ras
 
 
+def itk_geometry(volume_node) -> Tuple[Tuple[float, ...], Tuple[float, ...], Tuple[float, ...]]:
+    """(spacing, origin, direction) in ITK's LPS convention, as a file of this volume would store them."""
+    matrix = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_world(volume_node)  # RAS -> LPS
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    direction = matrix[:3, :3] / spacing
+    return tuple(float(v) for v in spacing), tuple(float(v) for v in matrix[:3, 3]), tuple(float(v) for v in direction.ravel())
+
+
 def dimensions(volume_node) -> Tuple[int, int, int]:
     image = volume_node.GetImageData()
     if image is None:

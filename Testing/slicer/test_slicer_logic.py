@@ -15,15 +15,9 @@ import SlideSAM
 from SlideSAMLib.errors import InputError
 from SlideSAMSlicer import geometry
 from SlideSAMSlicer.writer import EditRules, read_segment
+from slicer_data import dice, load_kidney_ct, lps_to_ras
 
-KIDNEY_LEFT = 3
 OTHER = "overlapping block"
-
-
-def dice(a, b):
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    s = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / s if s else 1.0
 
 
 def inner(ct):
@@ -36,10 +30,6 @@ def short_range(ct):
     return (ct.k - 4, ct.k + 4)
 
 
-def lps_to_ras(p):
-    return np.array([-p[0], -p[1], p[2]])
-
-
 def matrix(volume_node):
     m = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(m)
@@ -48,19 +38,7 @@ def matrix(volume_node):
 
 @pytest.fixture(scope="module")
 def ct(mrml, data_dir):
-    path = data_dir / "ct_abdomen" / "example_ct.nii.gz"
-    node = mrml.volumes.AddArchetypeVolume(str(path), "example_ct", 0)
-    image = sitk.ReadImage(str(path))
-    label = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "ct_abdomen" / "example_seg_fast_force_split.nii.gz")))
-    reference = (label == KIDNEY_LEFT).astype(np.uint8)
-    areas = reference.sum(axis=(1, 2))
-    k = int(areas.argmax())
-    js, is_ = np.nonzero(reference[k])
-    pad = 3
-    box_ijk = ((is_.min() - pad, js.min() - pad, k), (is_.max() + pad, js.max() + pad, k))
-    # RAS corners computed from the file's own geometry (SimpleITK, LPS), independent of the module's code.
-    box_ras = tuple(lps_to_ras(image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])) for corner in box_ijk)
-    return types.SimpleNamespace(node=node, image=image, reference=reference, k=k, box_ijk=box_ijk, box_ras=box_ras)
+    return load_kidney_ct(mrml, data_dir)
 
 
 @pytest.fixture(scope="module")
