@@ -13,6 +13,8 @@ is rejected — and propagation ends on that side — when its centre mask
   * suddenly grows (leaks into a neighbour organ),
   * has a low predicted IoU, or
   * is made of voxels whose intensities do not look like the prompted organ.
+Each mask is also cut to what can continue the previous slice (see `constrain`): islets
+beside the main body are dropped before they can widen the next window's box.
 Thresholds were tuned on the training volumes only (see benchmarks/RESULTS.md).
 """
 import time
@@ -37,7 +39,7 @@ STEP_MODEL_PX = 2.0
 
 @dataclass
 class StopRule:
-    min_area_fraction: float = 0.02  # of the largest centre mask accepted so far
+    min_area_fraction: float = 0.005  # of the largest centre mask accepted so far (a liver tip is ~1 % of its largest slice)
     min_area_pixels: int = 4
     min_overlap: float = 0.5  # Dice(centre mask, prompt mask from the neighbour window)
     max_growth: float = 1.6  # centre area / previous centre area
@@ -104,6 +106,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 BAND_PERCENTILES = (5.0, 95.0)
 BAND_PAD = 0.05
+# A slice keeps only the components of its mask at least this fraction of the largest one's area:
+# a leak into a neighbour organ starts as a small islet and, once kept, grows the next slice's box.
+MIN_COMPONENT_FRACTION = 0.3
 
 
 class IntensityModel:
@@ -132,8 +137,8 @@ def constrain(
     mask: np.ndarray, image: np.ndarray, intensity: IntensityModel, previous: Optional[np.ndarray], step: Tuple[int, int]
 ) -> np.ndarray:
     """Keep what can continue `previous`: within `step` pixels of it, in the organ's intensity band,
-    in components that touch it; holes filled.  An organ's outline moves a few pixels per slice,
-    so this stops a box prompt from leaking into the neighbours it happens to cover."""
+    in components that touch it and are not small beside the largest; holes filled.  An organ's outline
+    moves a few pixels per slice, so this stops a box prompt from leaking into the neighbours it covers."""
     from scipy import ndimage
 
     m = mask & intensity.band(image)
@@ -147,7 +152,12 @@ def constrain(
             keep = keep[keep > 0]
             if keep.size:
                 m = np.isin(labels, keep)
-    return ndimage.binary_fill_holes(m)
+    m = ndimage.binary_fill_holes(m)
+    labels, n = ndimage.label(m)
+    if n > 1:
+        sizes = ndimage.sum_labels(m, labels, range(1, n + 1))
+        m = np.isin(labels, 1 + np.nonzero(sizes >= MIN_COMPONENT_FRACTION * sizes.max())[0])
+    return m
 
 
 ProgressFn = Callable[[float, str], None]
