@@ -109,7 +109,7 @@ def load_adapter(path: Path, device: torch.device) -> SlideSAMModel:
 
     folder = Path(path)
     manifest = read_manifest(folder)
-    base = load_model(_base_path(folder, str(manifest["base"])), device="cpu")
+    base = load_model(_base_path(folder, str(manifest["base"])), device="cpu", encoder="torch")  # the adapter changes the encoder
     if base.spec.name != manifest["arch"]:
         raise CheckpointError(f"adapter {folder} was trained on {manifest['arch']} but its base is {base.spec.name}: give the base it was trained on")
     lora = manifest["lora"]

@@ -7,7 +7,9 @@ Kinds recognised (see README, "Models and checkpoints"):
   * a folder written by `slidesam train` (a LoRA adapter on top of one of the above).
 """
 import json
+import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Union
@@ -18,6 +20,8 @@ from .errors import CheckpointError
 from .modeling import SlideSAMNet, build_net
 from .modeling.lora import lora_rank, merge_official_qkv_lora
 
+log = logging.getLogger("slidesam")
+_ONNX_LOCK = threading.Lock()  # one export at a time in a process (the file itself is written atomically)
 ADAPTER_MANIFEST = "slidesam_adapter.json"
 _ENCODER_DIMS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
@@ -30,6 +34,9 @@ class SlideSAMModel:
     device: torch.device
     source: str  # human-readable: "embedded LiteMedSAM", "official Slide-SAM vit_b (LoRA r=8) from x.pth", ...
     kind: str  # "embedded", "official", "sam", "adapter"
+    encoder_backend: str = "torch"  # "torch" or "onnx" (ONNX Runtime, CPU only): see use_encoder
+    _encoder_requested: str = "torch"
+    _onnx_encoder: Optional[object] = None
 
     @property
     def spec(self):
@@ -39,6 +46,47 @@ class SlideSAMModel:
     def supports_points(self) -> bool:
         """LiteMedSAM was trained with boxes only; clicks need a point-trained model."""
         return self.kind in ("official", "sam") or getattr(self.net, "point_trained", False)
+
+    def use_encoder(self, backend: str = "auto") -> str:
+        """Run the image encoder with PyTorch or ONNX Runtime. "auto": ONNX Runtime on CPU when it is installed
+        (same masks, faster), else PyTorch. The ONNX export happens at the first encode, once per weights
+        (then cached on disk). Returns the backend chosen."""
+        from .onnx_encoder import ENCODER_BACKENDS, onnxruntime_available
+
+        if backend not in ENCODER_BACKENDS:
+            raise CheckpointError(f"encoder backend '{backend}' is not one of {', '.join(ENCODER_BACKENDS)}")
+        if backend == "onnx":
+            if self.device.type != "cpu":
+                raise CheckpointError(f"the ONNX Runtime encoder runs on the CPU, the model is on {self.device}: use --encoder torch or --device cpu")
+            if not onnxruntime_available():
+                raise CheckpointError("the ONNX Runtime encoder needs the 'onnxruntime' package: pip install onnxruntime, or use --encoder torch")
+        self._encoder_requested = backend
+        self.encoder_backend = backend if backend != "auto" else ("onnx" if self.device.type == "cpu" and onnxruntime_available() else "torch")
+        self._onnx_encoder = None
+        return self.encoder_backend
+
+    def _onnx(self):
+        from .onnx_encoder import OnnxEncoder
+
+        with _ONNX_LOCK:
+            if self._onnx_encoder is None:
+                try:
+                    self._onnx_encoder = OnnxEncoder(self.net.image_encoder, self.spec.img_size)
+                except Exception as exc:  # the exporter fails in many ways; asked for "auto", PyTorch still works
+                    if self._encoder_requested == "onnx":
+                        raise
+                    log.warning("SlideSAM: ONNX Runtime encoder unavailable (%s: %s); using PyTorch", type(exc).__name__, str(exc).splitlines()[0][:200])
+                    self.encoder_backend = "torch"
+            return self._onnx_encoder
+
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
+        """Image embeddings of a batch of model inputs [B, 3, S, S] (no gradients)."""
+        if self.encoder_backend == "onnx":
+            fast = self._onnx()
+            if fast is not None:
+                return fast(batch)
+        with torch.inference_mode():
+            return self.net.image_encoder(batch.to(self.device))
 
 
 def pick_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
@@ -146,8 +194,12 @@ def _two_d_to_three(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return sd
 
 
-def load_model(checkpoint: Optional[Union[str, Path]] = None, device=None) -> SlideSAMModel:
-    """Load a three-slice model; `checkpoint=None` is the embedded LiteMedSAM default (offline, CPU-friendly)."""
+def load_model(checkpoint: Optional[Union[str, Path]] = None, device=None, encoder: Optional[str] = None) -> SlideSAMModel:
+    """Load a three-slice model; `checkpoint=None` is the embedded LiteMedSAM default (offline, CPU-friendly).
+
+    encoder: "auto" (default; ONNX Runtime on CPU when installed), "torch" or "onnx"; the environment
+    variable SLIDESAM_ENCODER sets the default.
+    """
     dev = pick_device(device)
     if checkpoint is not None and (Path(checkpoint) / ADAPTER_MANIFEST).is_file():
         from .adapter import load_adapter  # training-side format, kept apart
@@ -173,6 +225,7 @@ def load_model(checkpoint: Optional[Union[str, Path]] = None, device=None) -> Sl
             kind, source = "official", f"three-slice {info['arch']} from {path}"
         model = SlideSAMModel(net=net, device=dev, source=source, kind=kind)
     model.net.to(dev).eval()
+    model.use_encoder(encoder or os.environ.get("SLIDESAM_ENCODER") or "auto")
     return model
 
 

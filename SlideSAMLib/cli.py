@@ -15,6 +15,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError, SlideSAMError
+from .onnx_encoder import ENCODER_BACKENDS, ENCODER_HELP
 
 # Sub-commands that live in their own modules; each module has add_parser(subparsers) and run(args).
 EXTRA_COMMANDS = {
@@ -42,6 +43,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--modality", choices=["auto", "ct", "mr"], default="auto")
     p.add_argument("--checkpoint", help="model file or adapter folder (default: the embedded LiteMedSAM model)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
+    p.add_argument("--encoder", choices=ENCODER_BACKENDS, default=None, help=ENCODER_HELP)
     p.add_argument("--server", metavar="URL", help="run on a SlideSAM server ('slidesam serve') instead of locally, e.g. http://gpu-box:8765")
     p.add_argument("--api-key", help="the server's API key (default: $SLIDESAM_API_KEY)")
     p.add_argument("--name", default="Segment_1", help="segment name in a .seg.nrrd output")
@@ -152,7 +154,7 @@ def run_segment(args) -> int:
         else:
             from . import Session, load_model
 
-            model = load_model(args.checkpoint, device=args.device)
+            model = load_model(args.checkpoint, device=args.device, encoder=args.encoder)
             session = Session(model, array_of(image), modality=args.modality)
             result = session.segment(box=box, points=points, axis=axis, direction=args.direction, slice_range=args.slice_range, progress=bar)
             source = model.source

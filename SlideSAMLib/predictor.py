@@ -79,8 +79,7 @@ class WindowPredictor:
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start : start + self.batch_size]
             x = torch.stack([window_to_input(self.window(k), self.geometry, self.model.spec.preprocessing) for k in batch])
-            with torch.inference_mode():
-                emb = self.model.net.image_encoder(x.to(self.model.device))
+            emb = self.model.encode(x)
             self.encoder_passes += len(batch)
             for k, e in zip(batch, emb):
                 self.cache.put((self.cache_key, k), e)

@@ -6,8 +6,10 @@ memory is that workflow's alone:
   2. restart: the reference liver label of a slice half-way towards the liver's lower end is the
      "correction"; propagate from it downwards;
   3. second prompt: tight box of the spleen on its largest slice, same session (not with --quick).
-"encode_all" first encodes every window of the volume with WindowPredictor.encode(range(n)) in
-batches of 4 on a fresh Session (REFERENCE §1), then runs the same workflow from the cache.
+"encode_all" is the authors' approach (REFERENCE §1): first encode every window of the volume with the
+PyTorch fp32 encoder in batches of 4 on a fresh Session, then run the same workflow from the cache.
+"lazy" is the engine as shipped (its default encoder: ONNX Runtime on CPU). "encode_all_same_encoder"
+encodes everything first with the engine's own encoder, which isolates what laziness alone buys.
 Cases: example_ct (122x101x112) and the same CT resampled to 512x512x300 over the same physical
 extent (labels by nearest neighbour, so the box is the label's box on the new grid).
 
@@ -34,7 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import LIVER, SPLEEN, ROOT, dice, label_extent, largest_slice, load_avg, load_case, peak_rss_mb, tight_box  # noqa: E402
 
-METHODS = ("lazy", "encode_all")
+METHODS = ("lazy", "encode_all", "encode_all_same_encoder")
+BASELINE_ENCODER = {"lazy": None, "encode_all": "torch", "encode_all_same_encoder": None}  # None: the engine's default
 BASELINE_BATCH = 4
 
 
@@ -47,7 +50,8 @@ def run_scenario(case: str, method: str, quick: bool, mask_out: Path) -> dict:
 
     out = {"case": case, "method": method, "threads": torch.get_num_threads(), "load_start": load_avg()}
     t = time.perf_counter()
-    model = load_model(device="cpu")
+    model = load_model(device="cpu", encoder=BASELINE_ENCODER[method])
+    out["encoder"] = model.encoder_backend
     out["model_load_s"] = time.perf_counter() - t
     out["rss_after_model_mb"] = peak_rss_mb()
     volume, labels, _ = load_case(case)
@@ -58,7 +62,7 @@ def run_scenario(case: str, method: str, quick: bool, mask_out: Path) -> dict:
 
     out["encode_all_s"] = 0.0
     out["encode_all_passes"] = 0
-    if method == "encode_all":
+    if method != "lazy":
         pred = session.predictor(2)
         pred.batch_size = BASELINE_BATCH
         t = time.perf_counter()
@@ -145,6 +149,7 @@ def end_to_end(r: dict) -> float:
 def table(results: dict, quick: bool) -> str:
     rows = [
         ("volume (k, j, i)", lambda r: "x".join(map(str, r["shape_kji"]))),
+        ("encoder", lambda r: r["encoder"]),
         ("load avg at start / end (1/5/15 min)", lambda r: f"{r['load_start']} / {r['load_end']}"),
         ("upfront encoding s (passes)", lambda r: f"{r['encode_all_s']:.1f} ({r['encode_all_passes']})"),
         ("liver: prompt -> first mask s", lambda r: f"{r['liver']['first_mask_s']:.2f}"),
@@ -183,6 +188,8 @@ def main() -> int:
     ap.add_argument("--cases", nargs="+", choices=["example", "large"], default=["example", "large"],
                     help="cases to run (the last two lines use the first one)")
     ap.add_argument("--json", help="also write all figures to this JSON file")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                    help="lazy first; the last lines compare it with encode_all (default: all three)")
     ap.add_argument("--cpu-paths", action="store_true", help="instead: LiteMedSAM encoder variants on CPU (ms/window, mask Dice)")
     ap.add_argument("--threads", type=int, help="with --cpu-paths: reference torch threads (default: cores)")
     ap.add_argument("--reps", type=int, default=3, help="with --cpu-paths: timed (reference, variant) pairs per variant")
@@ -191,6 +198,8 @@ def main() -> int:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--masks", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if not args.scenario and (args.methods[0] != "lazy" or "encode_all" not in args.methods):
+        ap.error("--methods must start with lazy and include encode_all (the baseline of the last lines)")
 
     if args.scenario:
         case, method = args.scenario
@@ -207,12 +216,14 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-prop-") as tmp:
         for case in cases:
-            for method in METHODS:
+            for method in args.methods:
                 results[(case, method)] = spawn(case, method, args.quick, Path(tmp))
-            lazy, full = (np.load(results[(case, m)]["masks"]) for m in METHODS)
-            agree = {name: dice(lazy[name], full[name]) for name in lazy.files}
-            results[(case, "lazy")]["dice_lazy_vs_encode_all"] = agree
-            print(f"  {case}: Dice of lazy vs encode_all masks: " + ", ".join(f"{k} {v:.4f}" for k, v in agree.items()), flush=True)
+            lazy = np.load(results[(case, "lazy")]["masks"])
+            for method in args.methods[1:]:
+                other = np.load(results[(case, method)]["masks"])
+                agree = {name: dice(lazy[name], other[name]) for name in lazy.files}
+                results[(case, "lazy")][f"dice_lazy_vs_{method}"] = agree
+                print(f"  {case}: Dice of lazy vs {method} masks: " + ", ".join(f"{k} {v:.4f}" for k, v in agree.items()), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({f"{c}/{m}": r for (c, m), r in results.items()}, indent=1))
 
@@ -220,9 +231,11 @@ def main() -> int:
     print(table(results, args.quick))
     print()
     for case in cases:
-        lazy, full = results[(case, "lazy")], results[(case, "encode_all")]
-        print(f"{case}: end-to-end liver speedup {end_to_end(full) / end_to_end(lazy):.2f}x; "
-              f"lazy encoder passes {lazy['total_passes']} vs {full['total_passes']}")
+        lazy = results[(case, "lazy")]
+        for method in args.methods[1:]:
+            full = results[(case, method)]
+            print(f"{case}: end-to-end liver speedup vs {method} {end_to_end(full) / end_to_end(lazy):.2f}x; "
+                  f"encoder passes {lazy['total_passes']} vs {full['total_passes']}")
     lazy, full = results[(cases[0], "lazy")], results[(cases[0], "encode_all")]
     print(f"speedup_vs_encode_all: {end_to_end(full) / end_to_end(lazy):.2f}")
     print(f"restart_seconds_per_slice: {lazy['restart']['per_slice_s']:.3f}")

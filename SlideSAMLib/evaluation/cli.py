@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..onnx_encoder import ENCODER_BACKENDS, ENCODER_HELP
 
 
 def add_parser(subparsers) -> None:
@@ -18,6 +19,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--structures", help="comma-separated names or label numbers (default: every label present)")
     p.add_argument("--checkpoint", help="model file or adapter folder (default: the embedded model)")
     p.add_argument("--device", default=None)
+    p.add_argument("--encoder", choices=ENCODER_BACKENDS, default=None, help=ENCODER_HELP)
     p.add_argument("-o", "--out", required=True, help="output folder (eval.json, eval.md, one PNG per structure)")
     p.add_argument("--jitter", type=int, default=2, help="jittered-box runs per structure")
     p.add_argument("--no-efficiency", action="store_true", help="skip the correction-loop simulation")
@@ -49,7 +51,7 @@ def run(args) -> int:
     cases = []
     for item in args.case:
         cases.append(load_case(item[0], item[1], item[2] if len(item) == 3 else None, wanted))
-    model = load_model(args.checkpoint, device=args.device)
+    model = load_model(args.checkpoint, device=args.device, encoder=args.encoder)
     out.mkdir(parents=True, exist_ok=True)
     figs = None
     if not args.no_figures:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..onnx_encoder import ENCODER_BACKENDS, ENCODER_HELP
 
 DEFAULT_PORT = 8765
 
@@ -25,6 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--allow-remote-without-key", action="store_true", help="allow binding beyond loopback without an API key (only on a trusted network)")
     p.add_argument("--checkpoint", help="model file or adapter folder (default: the embedded LiteMedSAM model)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
+    p.add_argument("--encoder", choices=ENCODER_BACKENDS, default=None, help=ENCODER_HELP)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--session-ttl", type=float, default=3600.0, metavar="S", help="close sessions idle for S seconds (default 3600)")
     p.add_argument("--cache-mb", type=float, default=2048.0, metavar="MB", help="memory for cached embeddings across all sessions (default 2048)")
@@ -93,7 +95,7 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    model = load_model(args.checkpoint, device=args.device)
+    model = load_model(args.checkpoint, device=args.device, encoder=args.encoder)
     app = create_app(
         model,
         api_key=api_key or None,

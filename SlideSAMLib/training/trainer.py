@@ -118,7 +118,7 @@ class Trainer:
                 torch.cuda.set_device(local)
                 device = f"cuda:{local}"
         torch.manual_seed(cfg.seed)
-        self.model = model if model is not None else load_model(cfg.base, device=device)
+        self.model = model if model is not None else load_model(cfg.base, device=device, encoder="torch")  # training changes the encoder
         if self.model.kind == "adapter":
             raise InputError("the base model is itself an adapter folder: train from its base checkpoint (or 'embedded')")
         self.device = self.model.device

