@@ -20,6 +20,7 @@ from .onnx_encoder import ENCODER_BACKENDS, ENCODER_HELP
 # Sub-commands that live in their own modules; each module has add_parser(subparsers) and run(args).
 EXTRA_COMMANDS = {
     "train": "SlideSAMLib.training.cli",
+    "pseudo2d": "SlideSAMLib.training.pseudo",
     "eval": "SlideSAMLib.evaluation.cli",
     "serve": "SlideSAMLib.server.cli",
 }

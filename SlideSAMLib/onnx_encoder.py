@@ -91,4 +91,5 @@ class OnnxEncoder:
         import torch
 
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {"x": array})[0])
+        # One window per run: the traced TinyViT keeps batch-1 reshapes (and on CPU a batch is no faster).
+        return torch.from_numpy(np.concatenate([self.session.run(None, {"x": array[n : n + 1]})[0] for n in range(len(array))]))

@@ -201,12 +201,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         if self.world > 1:
-            import torch.distributed as dist
-
-            for p in self.params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world
+            self._average_gradients()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
         self.step += 1
@@ -262,6 +257,7 @@ class Trainer:
                 "structures": len(self.sampler.items),
                 "steps": self.step,
                 "batch_size": self.cfg.batch_size * self.world,
+                "processes": self.world,
                 "lr": self.cfg.lr,
                 "seed": self.cfg.seed,
                 "device": str(self.device),
@@ -270,6 +266,30 @@ class Trainer:
             },
             "slidesam_version": __version__,
         }
+
+    def _average_gradients(self) -> None:
+        """One all_reduce over every trainable parameter. A parameter unused by this rank's prompts (e.g. the
+        point embeddings in a box-only batch) contributes zeros: every rank must join the same collective."""
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p in self.params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+
+    def _check_ranks_agree(self) -> None:
+        """Every process must end with the same weights (averaged gradients, same seed): checked before saving."""
+        import torch.distributed as dist
+
+        total = torch.stack([p.detach().double().sum() for p in self.params]).sum().reshape(1).to(self.device)
+        seen = [torch.zeros_like(total) for _ in range(self.world)]
+        dist.all_gather(seen, total)
+        if any(not torch.equal(s, seen[0]) for s in seen):
+            raise RuntimeError(f"the {self.world} training processes ended with different weights ({[float(s) for s in seen]}): report this as a bug")
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> Path:
@@ -310,6 +330,8 @@ class Trainer:
                 print(f"time limit of {self.cfg.max_minutes} min reached at step {self.step}", file=sys.stderr)
                 break
         bar.close()
+        if self.world > 1:
+            self._check_ranks_agree()
         self.save_state()
         if self.rank == 0:
             final = float(np.mean(recent)) if recent else None
