@@ -12,7 +12,7 @@ import torch
 
 from .cache import EmbeddingCache
 from .checkpoint import SlideSAMModel
-from .preprocess import SliceGeometry, logits_to_slice, normalise_volume, window_to_input
+from .preprocess import Normalisation, NormalisedStack, SliceGeometry, logits_to_slice, normalisation_for, window_to_input
 
 # Authors' inference filters (REFERENCE §1), used for multimask models.
 STABILITY_OFFSET = 1.0
@@ -47,15 +47,15 @@ class WindowPredictor:
         modality: str = "auto",
         cache: Optional[EmbeddingCache] = None,
         cache_key: object = None,
-        normalised: Optional[np.ndarray] = None,
+        normalisation: Optional[Normalisation] = None,
         batch_size: Optional[int] = None,
     ):
         """`volume` is a numpy (z, y, x) array; `axis` is the IJK slice axis (2 = k = numpy axis 0)."""
         self.model = model
         self.axis = axis
-        norm = normalised if normalised is not None else normalise_volume(volume, model.spec.preprocessing, modality)
+        norm = normalisation if normalisation is not None else normalisation_for(volume, model.spec.preprocessing, modality)
         # Stack: slice axis first, then rows/cols of the slice as they appear in the array.
-        self.stack = np.moveaxis(norm, 2 - axis, 0)
+        self.stack = NormalisedStack(volume, axis, norm)
         self.n_slices = self.stack.shape[0]
         rows, cols = self.stack.shape[1:]
         self.geometry = SliceGeometry(rows, cols, model.spec.img_size, keep_aspect=model.spec.preprocessing == "litemedsam")

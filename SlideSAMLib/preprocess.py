@@ -33,28 +33,63 @@ def detect_modality(volume: np.ndarray) -> str:
     return "ct" if float(np.min(volume)) < -500 else "mr"
 
 
-def normalise_volume(volume: np.ndarray, preprocessing: str, modality: str = "auto") -> np.ndarray:
-    """Float32 volume after the model's intensity clipping.
+@dataclass(frozen=True)
+class Normalisation:
+    """The model's intensity clipping for one volume: clip to [lo, hi], then (LiteMedSAM) scale to [0, 1]."""
 
-    'litemedsam': CT window [-160, 240] HU or MR 0.5–99.5 percentiles, scaled to [0, 1] per volume.
-    'slidesam'  : CT [-200, 400] or MR [0, 600] clipping; min–max is per window (see `window_to_input`).
-    """
+    lo: float
+    hi: float
+    scale: bool
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        v = np.array(values, dtype=np.float32)  # one copy, then in place
+        np.clip(v, self.lo, self.hi, out=v)
+        if self.scale:
+            v -= self.lo
+            v /= self.hi - self.lo
+        return v
+
+
+def normalisation_for(volume: np.ndarray, preprocessing: str, modality: str = "auto") -> Normalisation:
+    """'litemedsam': CT window [-160, 240] HU or MR 0.5–99.5 percentiles, scaled to [0, 1] per volume.
+    'slidesam'  : CT [-200, 400] or MR [0, 600] clipping; min–max is per window (see `window_to_input`)."""
     if modality == "auto":
         modality = detect_modality(volume)
     if modality not in ("ct", "mr"):
         raise InputError(f"unknown modality '{modality}': use ct, mr or auto")
-    v = volume.astype(np.float32, copy=False)
     if preprocessing == "slidesam":
         lo, hi = SLIDESAM_CT_RANGE if modality == "ct" else SLIDESAM_MR_RANGE
-        return np.clip(v, lo, hi)
+        return Normalisation(lo, hi, scale=False)
     if modality == "ct":
         lo, hi = LITEMEDSAM_CT_RANGE
     else:
-        nonzero = v[v > v.min()] if np.any(v > v.min()) else v
+        floor = volume.min()
+        nonzero = volume[volume > floor] if np.any(volume > floor) else volume
         lo, hi = (float(x) for x in np.percentile(nonzero, MR_PERCENTILES))
-    if hi <= lo:
-        hi = lo + 1.0
-    return (np.clip(v, lo, hi) - lo) / (hi - lo)
+    return Normalisation(float(lo), float(hi) if hi > lo else float(lo) + 1.0, scale=True)
+
+
+def normalise_volume(volume: np.ndarray, preprocessing: str, modality: str = "auto") -> np.ndarray:
+    """Float32 volume after the model's intensity clipping (see `normalisation_for`)."""
+    return normalisation_for(volume, preprocessing, modality).apply(volume)
+
+
+class NormalisedStack:
+    """The volume seen along one axis (axis 0 = slices), normalised slice by slice when indexed.
+
+    Holds no float copy of the volume: a 512x512x300 CT would need 300 MB for one.
+    """
+
+    def __init__(self, volume: np.ndarray, axis: int, normalisation: Normalisation):
+        self._view = np.moveaxis(volume, 2 - axis, 0)  # numpy (k, j, i); IJK axis 2 is numpy axis 0
+        self.normalisation = normalisation
+        self.shape = self._view.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.normalisation.apply(self._view[key])
 
 
 @dataclass(frozen=True)

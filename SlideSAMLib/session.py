@@ -14,7 +14,7 @@ from .cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 from .checkpoint import SlideSAMModel
 from .errors import InputError
 from .predictor import WindowPredictor
-from .preprocess import detect_modality, normalise_volume
+from .preprocess import detect_modality, normalisation_for
 from .propagation import CancelFn, ProgressFn, PropagationResult, Propagator, StopRule, box_of
 
 Point3 = Sequence[float]
@@ -42,7 +42,7 @@ class Session:
         self.modality = detect_modality(volume) if modality == "auto" else modality
         self.cache = cache if cache is not None else EmbeddingCache(cache_bytes)
         self.stop_rule = stop_rule or StopRule()
-        self._normalised = normalise_volume(volume, model.spec.preprocessing, self.modality)
+        self._normalisation = normalisation_for(volume, model.spec.preprocessing, self.modality)
         self._predictors = {}
         self._lock = threading.Lock()  # one propagation at a time per session
 
@@ -50,7 +50,7 @@ class Session:
     def predictor(self, axis: int) -> WindowPredictor:
         if axis not in self._predictors:
             self._predictors[axis] = WindowPredictor(
-                self.model, self.volume, axis, self.modality, cache=self.cache, cache_key=id(self), normalised=self._normalised
+                self.model, self.volume, axis, self.modality, cache=self.cache, cache_key=id(self), normalisation=self._normalisation
             )
         return self._predictors[axis]
 

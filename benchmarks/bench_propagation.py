@@ -41,7 +41,7 @@ BASELINE_ENCODER = {"lazy": None, "encode_all": "torch", "encode_all_same_encode
 BASELINE_BATCH = 4
 
 
-def run_scenario(case: str, method: str, quick: bool, mask_out: Path) -> dict:
+def run_scenario(case: str, method: str, quick: bool, mask_out: Path, arrays: Path) -> dict:
     """One workflow in this process; returns its figures (seconds, passes, MB)."""
     import torch
 
@@ -54,7 +54,9 @@ def run_scenario(case: str, method: str, quick: bool, mask_out: Path) -> dict:
     out["encoder"] = model.encoder_backend
     out["model_load_s"] = time.perf_counter() - t
     out["rss_after_model_mb"] = peak_rss_mb()
-    volume, labels, _ = load_case(case)
+    # Prepared by the parent: reading and resampling the CT is not the engine's memory.
+    volume, labels = np.load(arrays / f"{case}-volume.npy"), np.load(arrays / f"{case}-labels.npy")
+    out["rss_after_data_mb"] = peak_rss_mb()
     out["shape_kji"] = list(volume.shape)
     t = time.perf_counter()
     session = Session(model, volume)
@@ -127,7 +129,7 @@ def run_scenario(case: str, method: str, quick: bool, mask_out: Path) -> dict:
 def spawn(case: str, method: str, quick: bool, workdir: Path) -> dict:
     result = workdir / f"{case}-{method}.json"
     masks = workdir / f"{case}-{method}.npz"
-    cmd = [sys.executable, __file__, "--scenario", case, method, "--out", str(result), "--masks", str(masks)]
+    cmd = [sys.executable, __file__, "--scenario", case, method, "--out", str(result), "--masks", str(masks), "--arrays", str(workdir)]
     if quick:
         cmd.append("--quick")
     print(f"  running {case} / {method} (load {load_avg()}) ...", flush=True)
@@ -171,7 +173,7 @@ def table(results: dict, quick: bool) -> str:
     rows += [
         ("encoder passes in all", lambda r: str(r["total_passes"])),
         ("embedding cache MB (windows)", lambda r: f"{r['cache_mb']:.0f} ({r['cache_items']})"),
-        ("peak RSS MB (after model load)", lambda r: f"{r['peak_rss_mb']:.0f} ({r['rss_after_model_mb']:.0f})"),
+        ("peak RSS MB (after model load / + volume and labels)", lambda r: f"{r['peak_rss_mb']:.0f} ({r['rss_after_model_mb']:.0f} / {r['rss_after_data_mb']:.0f})"),
     ]
     keys = list(results)
     head = "| figure | " + " | ".join(f"{c} {m}" for c, m in keys) + " |"
@@ -197,13 +199,14 @@ def main() -> int:
     ap.add_argument("--scenario", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--masks", help=argparse.SUPPRESS)
+    ap.add_argument("--arrays", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not args.scenario and (args.methods[0] != "lazy" or "encode_all" not in args.methods):
         ap.error("--methods must start with lazy and include encode_all (the baseline of the last lines)")
 
     if args.scenario:
         case, method = args.scenario
-        Path(args.out).write_text(json.dumps(run_scenario(case, method, args.quick, Path(args.masks))))
+        Path(args.out).write_text(json.dumps(run_scenario(case, method, args.quick, Path(args.masks), Path(args.arrays))))
         return 0
 
     if args.cpu_paths:
@@ -216,6 +219,10 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-prop-") as tmp:
         for case in cases:
+            volume, labels, _ = load_case(case)
+            np.save(Path(tmp) / f"{case}-volume.npy", volume)
+            np.save(Path(tmp) / f"{case}-labels.npy", labels)
+            del volume, labels
             for method in args.methods:
                 results[(case, method)] = spawn(case, method, args.quick, Path(tmp))
             lazy = np.load(results[(case, "lazy")]["masks"])
