@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -74,7 +75,8 @@ class OnnxEncoder:
             fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp", dir=folder)
             os.close(fd)
             example = torch.zeros(1, 3, img_size, img_size)
-            with torch.inference_mode(False), torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporter's tracer warnings are about its internals, not the user's input
                 torch.onnx.export(
                     encoder.cpu().eval(), (example,), tmp, input_names=["x"], output_names=["embedding"],
                     dynamic_axes={"x": {0: "batch"}, "embedding": {0: "batch"}}, opset_version=OPSET, dynamo=False,
