@@ -59,6 +59,9 @@ class OnnxEncoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The pre-planned activation block costs ~190 MB resident for no measurable speed (paired, 2 cores:
+        # 1.01x, identical embeddings); benchmarks/RESULTS.md §2.
+        options.enable_mem_pattern = False
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 
     @staticmethod

@@ -144,7 +144,9 @@ def constrain(
     m = mask & intensity.band(image)
     if previous is not None and previous.any():
         sy, sx = step
-        reach = ndimage.binary_dilation(previous, structure=np.ones((2 * sy + 1, 2 * sx + 1), bool))
+        # A square dilation done as two 1-D ones: the same pixels, a fraction of the time on 512x512 slices.
+        reach = ndimage.binary_dilation(previous, structure=np.ones((2 * sy + 1, 1), bool))
+        reach = ndimage.binary_dilation(reach, structure=np.ones((1, 2 * sx + 1), bool))
         m &= reach
         labels, n = ndimage.label(m)
         if n > 1:
@@ -184,8 +186,9 @@ class Propagator:
         self.rule = rule
         self.progress = progress or (lambda fraction, message: None)
         self.cancel = cancel or (lambda: False)
-        self._sum: Dict[int, torch.Tensor] = {}
+        self._sum: Dict[int, torch.Tensor] = {}  # slice -> weighted logit sum, while windows may still add to it
         self._weight: Dict[int, float] = {}
+        self._sealed: Dict[int, np.ndarray] = {}  # slice -> merged bool mask, once no window can add to it
 
     def _add(self, pred: WindowPrediction, lo: int, hi: int) -> None:
         for offset, weight in ((-1, SIDE_WEIGHT), (0, CENTER_WEIGHT), (1, SIDE_WEIGHT)):
@@ -204,9 +207,18 @@ class Propagator:
         return max(0.0, x0 - mx), max(0.0, y0 - my), min(cols - 1.0, x1 + mx), min(rows - 1.0, y1 + my)
 
     def merged(self, s: int) -> Optional[np.ndarray]:
+        if s in self._sealed:
+            return self._sealed[s]
         if s not in self._sum:
             return None
         return (self._sum[s] / self._weight[s] > 0).numpy()
+
+    def _seal(self, s: int) -> None:
+        """Keep slice s's merged mask as bool and drop its float sum: a 512x512 slice is 1 MB of float32
+        logits, and a long chain would otherwise hold them all until the end (see benchmarks/RESULTS.md §2)."""
+        if s in self._sum:
+            self._sealed[s] = self.merged(s)
+            del self._sum[s], self._weight[s]
 
     def run(
         self,
@@ -277,6 +289,8 @@ class Propagator:
                     break
                 res.info.append(info)
                 self._add(pred, lo, hi)
+                if c - d != start:  # the start slice still gets the other direction's first window
+                    self._seal(c - d)  # windows from here on touch c and beyond only
                 chain.append(c)
                 max_area = max(max_area, area)
                 prev_area = area

@@ -1,7 +1,7 @@
 """Lazy propagation (the engine) vs encode-every-window-first (the authors' approach), CPU, embedded model.
 
 Workflow per case, identical for both methods, each (case, method) in its own subprocess so that peak
-memory is that workflow's alone:
+memory is that workflow's alone (the parent holds the reference labels, derives the prompts and scores the masks):
   1. prompt: tight box of the liver on its largest slice -> propagate both ways;
   2. restart: the reference liver label of a slice half-way towards the liver's lower end is the
      "correction"; propagate from it downwards;
@@ -41,7 +41,19 @@ BASELINE_ENCODER = {"lazy": None, "encode_all": "torch", "encode_all_same_encode
 BASELINE_BATCH = 4
 
 
-def run_scenario(case: str, method: str, quick: bool, mask_out: Path, arrays: Path) -> dict:
+def workflow_prompts(labels: np.ndarray, quick: bool) -> dict:
+    """The prompts of the workflow, from the reference labels (computed by the parent, so that the
+    measured process holds only what an annotator's would: the model, the volume and its masks)."""
+    k = largest_slice(labels, LIVER)
+    lo = label_extent(labels, LIVER)[0]
+    prompts = {"liver": {"slice": k, "box": tight_box(labels, LIVER, k)}, "restart_slice": (k + lo) // 2}
+    if not quick:
+        k = largest_slice(labels, SPLEEN)
+        prompts["spleen"] = {"slice": k, "box": tight_box(labels, SPLEEN, k)}
+    return prompts
+
+
+def run_scenario(case: str, method: str, mask_out: Path, arrays: Path) -> dict:
     """One workflow in this process; returns its figures (seconds, passes, MB)."""
     import torch
 
@@ -54,8 +66,9 @@ def run_scenario(case: str, method: str, quick: bool, mask_out: Path, arrays: Pa
     out["encoder"] = model.encoder_backend
     out["model_load_s"] = time.perf_counter() - t
     out["rss_after_model_mb"] = peak_rss_mb()
-    # Prepared by the parent: reading and resampling the CT is not the engine's memory.
-    volume, labels = np.load(arrays / f"{case}-volume.npy"), np.load(arrays / f"{case}-labels.npy")
+    volume = np.load(arrays / f"{case}-volume.npy")
+    prompts = json.loads((arrays / f"{case}-prompts.json").read_text())
+    correction = np.load(arrays / f"{case}-correction.npy")  # the "annotator's" corrected slice
     out["rss_after_data_mb"] = peak_rss_mb()
     out["shape_kji"] = list(volume.shape)
     t = time.perf_counter()
@@ -72,49 +85,42 @@ def run_scenario(case: str, method: str, quick: bool, mask_out: Path, arrays: Pa
         out["encode_all_s"] = time.perf_counter() - t
         out["encode_all_passes"] = pred.encoder_passes
 
-    def timed_segment(label: int, name: str) -> np.ndarray:
-        k = largest_slice(labels, label)
+    def timed_segment(name: str) -> np.ndarray:
         first = []
         t0 = time.perf_counter()
-        res = session.segment(box=tight_box(labels, label, k), progress=lambda f, m: first or first.append(time.perf_counter()))
+        res = session.segment(box=prompts[name]["box"], progress=lambda f, m: first or first.append(time.perf_counter()))
         total = time.perf_counter() - t0
-        mask = res.volume_mask()
         out[name] = {
-            "prompt_slice": k,
+            "prompt_slice": prompts[name]["slice"],
             "first_mask_s": first[0] - t0 if first else total,
             "seconds": total,
             "passes": res.encoder_passes,
             "slices": len(res.slices),
             "windows_decoded": len(res.info),
             "extent": [res.slices[0], res.slices[-1]],
-            "ref_extent": list(label_extent(labels, label)),
-            "dice_vs_reference": dice(mask, labels == label),
             "stopped": res.stopped,
         }
-        return mask
+        return res.volume_mask()
 
-    liver = timed_segment(LIVER, "liver")
-    masks = {"liver": liver}
+    masks = {"liver": timed_segment("liver")}
 
     # Restart: the reference label of a slice half-way between the prompt and the liver's lower end.
-    k_prompt = out["liver"]["prompt_slice"]
-    lo = out["liver"]["ref_extent"][0]
-    k_fix = (k_prompt + lo) // 2
+    k_fix = prompts["restart_slice"]
     t0 = time.perf_counter()
-    res = session.restart(labels[k_fix] == LIVER, k_fix, axis=2, direction="down")
+    res = session.restart(correction, k_fix, axis=2, direction="down")
     total = time.perf_counter() - t0
     out["restart"] = {
         "slice": k_fix, "seconds": total, "passes": res.encoder_passes, "slices": len(res.slices),
         "windows_decoded": len(res.info), "per_slice_s": total / max(1, len(res.slices)),
     }
-    restarted = liver.copy()
+    restarted = masks["liver"].copy()
     restarted[: k_fix + 1] = 0
     restarted |= res.volume_mask()
     masks["restart"] = restarted
-    out["restart"]["dice_vs_reference"] = dice(restarted, labels == LIVER)
+    del res
 
-    if not quick:
-        masks["spleen"] = timed_segment(SPLEEN, "spleen")
+    if "spleen" in prompts:
+        masks["spleen"] = timed_segment("spleen")
         out["spleen"]["per_slice_s"] = out["spleen"]["seconds"] / max(1, out["spleen"]["slices"])
 
     out["total_passes"] = session.encoder_passes
@@ -126,12 +132,19 @@ def run_scenario(case: str, method: str, quick: bool, mask_out: Path, arrays: Pa
     return out
 
 
-def spawn(case: str, method: str, quick: bool, workdir: Path) -> dict:
+def score_against_reference(result: dict, labels: np.ndarray) -> None:
+    """Dice and reference extents, added to a scenario's figures (in the parent, which holds the labels)."""
+    masks = np.load(result["masks"])
+    for name, label in (("liver", LIVER), ("restart", LIVER), ("spleen", SPLEEN)):
+        if name in masks.files:
+            result[name]["dice_vs_reference"] = dice(masks[name], labels == label)
+            result[name]["ref_extent"] = list(label_extent(labels, label))
+
+
+def spawn(case: str, method: str, workdir: Path) -> dict:
     result = workdir / f"{case}-{method}.json"
     masks = workdir / f"{case}-{method}.npz"
     cmd = [sys.executable, __file__, "--scenario", case, method, "--out", str(result), "--masks", str(masks), "--arrays", str(workdir)]
-    if quick:
-        cmd.append("--quick")
     print(f"  running {case} / {method} (load {load_avg()}) ...", flush=True)
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -173,7 +186,7 @@ def table(results: dict, quick: bool) -> str:
     rows += [
         ("encoder passes in all", lambda r: str(r["total_passes"])),
         ("embedding cache MB (windows)", lambda r: f"{r['cache_mb']:.0f} ({r['cache_items']})"),
-        ("peak RSS MB (after model load / + volume and labels)", lambda r: f"{r['peak_rss_mb']:.0f} ({r['rss_after_model_mb']:.0f} / {r['rss_after_data_mb']:.0f})"),
+        ("peak RSS MB (after model load / + volume)", lambda r: f"{r['peak_rss_mb']:.0f} ({r['rss_after_model_mb']:.0f} / {r['rss_after_data_mb']:.0f})"),
     ]
     keys = list(results)
     head = "| figure | " + " | ".join(f"{c} {m}" for c, m in keys) + " |"
@@ -206,7 +219,7 @@ def main() -> int:
 
     if args.scenario:
         case, method = args.scenario
-        Path(args.out).write_text(json.dumps(run_scenario(case, method, args.quick, Path(args.masks), Path(args.arrays))))
+        Path(args.out).write_text(json.dumps(run_scenario(case, method, Path(args.masks), Path(args.arrays))))
         return 0
 
     if args.cpu_paths:
@@ -220,11 +233,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-prop-") as tmp:
         for case in cases:
             volume, labels, _ = load_case(case)
+            prompts = workflow_prompts(labels, args.quick)
             np.save(Path(tmp) / f"{case}-volume.npy", volume)
-            np.save(Path(tmp) / f"{case}-labels.npy", labels)
-            del volume, labels
+            np.save(Path(tmp) / f"{case}-correction.npy", labels[prompts["restart_slice"]] == LIVER)
+            (Path(tmp) / f"{case}-prompts.json").write_text(json.dumps(prompts))
+            del volume
             for method in args.methods:
-                results[(case, method)] = spawn(case, method, args.quick, Path(tmp))
+                results[(case, method)] = spawn(case, method, Path(tmp))
+                score_against_reference(results[(case, method)], labels)
+            del labels
             lazy = np.load(results[(case, "lazy")]["masks"])
             for method in args.methods[1:]:
                 other = np.load(results[(case, method)]["masks"])
