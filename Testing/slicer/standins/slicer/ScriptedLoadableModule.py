@@ -2,7 +2,7 @@
 
 slicer-core has MRML and slicer.util but not the scripted-module base classes; these
 carry just what SlideSAM uses: module metadata on `parent`, the parameter node of a logic,
-and a TestCase with delayDisplay.
+the widget's panel layout and resource path, and a TestCase with delayDisplay.
 """
 import os as _os
 import unittest as _unittest
@@ -28,10 +28,24 @@ class ScriptedLoadableModuleLogic:
         return node
 
 
+class _Layout:
+    """The module panel's layout: records what the widget adds."""
+
+    def __init__(self):
+        self.widgets = []
+
+    def addWidget(self, widget):
+        self.widgets.append(widget)
+
+    def addStretch(self, stretch=0):
+        pass
+
+
 class ScriptedLoadableModuleWidget:
     def __init__(self, parent=None):
         self.parent = parent
         self.moduleName = self.__class__.__name__[: -len("Widget")]
+        self.layout = _Layout()
 
     def resourcePath(self, filename):
         import importlib
