@@ -167,6 +167,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         volumeId, key = volumeNode.GetID(), self._imageKey(volumeNode)
         entry = self._sessions.get(volumeId)
         voxels = None if entry is not None and entry[0] == key else np.array(slicer.util.arrayFromVolume(volumeNode))
+        spacing = volumeNode.GetSpacing()  # IJK voxel size: the stop rule measures lengths along the slice axis
 
         server = self.server
         geometryLps = geometry.itk_geometry(volumeNode) if server and voxels is not None else None
@@ -188,7 +189,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
                 model = self.model()
                 if self._cache is None:
                     self._cache = EmbeddingCache()
-                session = Session(model, voxels, cache=self._cache)
+                session = Session(model, voxels, cache=self._cache, spacing=spacing)
             with self._modelLock:
                 old = self._sessions.get(volumeId)
                 self._sessions[volumeId] = (key, session)  # replaces the session of an older version of the volume

@@ -3,7 +3,7 @@
     from SlideSAMLib import load_model, Session, read_image, array_of, write_result
     model = load_model()                       # embedded LiteMedSAM default, offline
     image = read_image("ct.nii.gz")
-    session = Session(model, array_of(image))
+    session = Session(model, array_of(image), spacing=image.GetSpacing())
     result = session.segment(box=((40, 30, 60), (90, 80, 60)))   # (i, j, k) voxel corners
     write_result(result.volume_mask(), image, "liver.seg.nrrd", segment_name="liver")
 

@@ -156,7 +156,7 @@ def run_segment(args) -> int:
             from . import Session, load_model
 
             model = load_model(args.checkpoint, device=args.device, encoder=args.encoder)
-            session = Session(model, array_of(image), modality=args.modality)
+            session = Session(model, array_of(image), modality=args.modality, spacing=image.GetSpacing())
             result = session.segment(box=box, points=points, axis=axis, direction=args.direction, slice_range=args.slice_range, progress=bar)
             source = model.source
     finally:

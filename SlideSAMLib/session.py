@@ -30,12 +30,18 @@ class Session:
         cache: Optional[EmbeddingCache] = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         stop_rule: Optional[StopRule] = None,
+        spacing: Optional[Sequence[float]] = None,
     ):
+        """`spacing`: voxel size in mm along (i, j, k), as ITK and Slicer give it; the stop rule measures
+        lengths along the slice axis with it (unknown: 1 mm is assumed)."""
         volume = np.asarray(volume)
         if volume.ndim != 3:
             raise InputError(f"the volume is {volume.ndim}D (shape {volume.shape}): SlideSAM needs a 3D volume")
         if min(volume.shape) < 1:
             raise InputError(f"the volume is empty (shape {volume.shape})")
+        self.spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(v) for v in spacing)
+        if len(self.spacing) != 3 or not all(np.isfinite(self.spacing)) or min(self.spacing) <= 0:
+            raise InputError(f"voxel spacing {spacing} is not three positive sizes in mm along (i, j, k)")
         self.model = model
         self.volume = volume
         self.shape_ijk = tuple(reversed(volume.shape))  # (ni, nj, nk)
@@ -151,7 +157,7 @@ class Session:
             first = pred.predict(k, box=box2d, points=points2d)
             if progress:
                 progress(0.0, f"slice {k} (prompt)")
-            prop = Propagator(pred, self.stop_rule, progress, cancel)
+            prop = Propagator(pred, self.stop_rule, progress, cancel, slice_spacing_mm=self.spacing[ax])
             result = prop.run(k, first, DIRECTIONS[direction], lo, hi)
             result.encoder_passes = pred.encoder_passes - passes  # the prompt's own window included
             return result
@@ -190,7 +196,7 @@ class Session:
             passes = pred.encoder_passes
             pred.encode([slice_index])
             first = pred.predict(slice_index, box=(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
-            prop = Propagator(pred, self.stop_rule, progress, cancel)
+            prop = Propagator(pred, self.stop_rule, progress, cancel, slice_spacing_mm=self.spacing[axis])
             result = prop.run(slice_index, first, DIRECTIONS[direction], lo, hi, fixed_start_mask=mask)
             result.encoder_passes = pred.encoder_passes - passes
             return result

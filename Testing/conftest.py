@@ -46,4 +46,4 @@ def ct_session(model, ct_image):
     """One session on example_ct for the whole run, so tests share its embeddings as a user would."""
     from SlideSAMLib import Session, array_of
 
-    return Session(model, array_of(ct_image))
+    return Session(model, array_of(ct_image), spacing=ct_image.GetSpacing())

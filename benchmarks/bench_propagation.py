@@ -41,12 +41,12 @@ BASELINE_ENCODER = {"lazy": None, "encode_all": "torch", "encode_all_same_encode
 BASELINE_BATCH = 4
 
 
-def workflow_prompts(labels: np.ndarray, quick: bool) -> dict:
+def workflow_prompts(labels: np.ndarray, spacing, quick: bool) -> dict:
     """The prompts of the workflow, from the reference labels (computed by the parent, so that the
     measured process holds only what an annotator's would: the model, the volume and its masks)."""
     k = largest_slice(labels, LIVER)
     lo = label_extent(labels, LIVER)[0]
-    prompts = {"liver": {"slice": k, "box": tight_box(labels, LIVER, k)}, "restart_slice": (k + lo) // 2}
+    prompts = {"liver": {"slice": k, "box": tight_box(labels, LIVER, k)}, "restart_slice": (k + lo) // 2, "spacing": list(spacing)}
     if not quick:
         k = largest_slice(labels, SPLEEN)
         prompts["spleen"] = {"slice": k, "box": tight_box(labels, SPLEEN, k)}
@@ -72,7 +72,7 @@ def run_scenario(case: str, method: str, mask_out: Path, arrays: Path) -> dict:
     out["rss_after_data_mb"] = peak_rss_mb()
     out["shape_kji"] = list(volume.shape)
     t = time.perf_counter()
-    session = Session(model, volume)
+    session = Session(model, volume, spacing=prompts["spacing"])
     out["session_s"] = time.perf_counter() - t
 
     out["encode_all_s"] = 0.0
@@ -232,8 +232,8 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-prop-") as tmp:
         for case in cases:
-            volume, labels, _ = load_case(case)
-            prompts = workflow_prompts(labels, args.quick)
+            volume, labels, spacing = load_case(case)
+            prompts = workflow_prompts(labels, spacing, args.quick)
             np.save(Path(tmp) / f"{case}-volume.npy", volume)
             np.save(Path(tmp) / f"{case}-correction.npy", labels[prompts["restart_slice"]] == LIVER)
             (Path(tmp) / f"{case}-prompts.json").write_text(json.dumps(prompts))

@@ -171,7 +171,7 @@ def evaluate_structure(model: SlideSAMModel, case: Case, value: int, jitter: int
     areas = truth.reshape(truth.shape[0], -1).sum(axis=1)
     k0 = int(np.argmax(areas))
     box2d = tight_box(truth[k0])
-    session = session if session is not None else Session(model, case.volume)
+    session = session if session is not None else Session(model, case.volume, spacing=case.spacing)
     passes_before = session.encoder_passes
     out = {"case": case.name, "structure": case.structures[value], "label": value, "prompt_slice": k0,
            "voxels": int(truth.sum()), "runs": {}}
@@ -185,7 +185,7 @@ def evaluate_structure(model: SlideSAMModel, case: Case, value: int, jitter: int
     click = deepest_point(truth[k0])
     figure["click"] = click
     if point_model.supports_points:
-        session_p = session if point_model is model else Session(point_model, case.volume)
+        session_p = session if point_model is model else Session(point_model, case.volume, spacing=case.spacing)
         run, figure["point_pred"] = _run(session_p, truth, case.spacing, points=[((click[0], click[1], k0), True)])
         run["forced"] = point_model is not model
         out["runs"]["point"] = run

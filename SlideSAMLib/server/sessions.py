@@ -136,7 +136,7 @@ class SessionStore:
                 )
             key = next(self._keys)
         # Normalising the volume is the costly part: outside the store lock.
-        session = KeyedSession(self.model, volume, modality=modality, cache=self.cache, cache_owner=key)
+        session = KeyedSession(self.model, volume, modality=modality, cache=self.cache, cache_owner=key, spacing=geometry.get("spacing"))
         now = self.clock()
         entry = SessionEntry(id=secrets.token_urlsafe(12), key=key, session=session, geometry=geometry, created=now, last_used=now)
         with self._lock:

@@ -111,3 +111,30 @@ def test_sagittal_prompt_propagates_along_i(ct_session, ct_labels):
     assert result.axis == 0
     mask = result.volume_mask().astype(bool)
     assert dice(mask[:, :, i - 3 : i + 4], label[:, :, i - 3 : i + 4]) >= 0.7
+
+
+def test_thin_slices_stop_near_the_organ_end(model, ct_image):
+    """A thin-slice CT (example_ct resampled to 512x512x300 over the same extent, as benchmarks/bench_propagation.py
+    does): without the tail rule the liver's downward chain followed a small neighbour for 52 slices (58 mm) past
+    the liver. Prompted on the largest slice as an annotator would (the rule is relative to the largest mask seen),
+    downwards only, within 60 slices below the liver, to keep the run to ~115 windows."""
+    import sys
+    from pathlib import Path
+
+    import SimpleITK as sitk
+
+    from SlideSAMLib import Session, array_of, read_image
+    from testdata import CT_LABELS
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from _common import LARGE_SIZE_XYZ, resample_to_size
+
+    image = resample_to_size(ct_image, LARGE_SIZE_XYZ, sitk.sitkLinear, sitk.sitkInt16)
+    liver = array_of(resample_to_size(read_image(CT_LABELS), LARGE_SIZE_XYZ, sitk.sitkNearestNeighbor)) == ORGANS["liver"]
+    end = int(np.nonzero(liver.any(axis=(1, 2)))[0].min())
+    k = int(liver.sum(axis=(1, 2)).argmax())
+    session = Session(model, array_of(image), spacing=image.GetSpacing())
+    result = session.segment(box=tight_box(liver, k), direction="down", slice_range=(end - 60, k))
+    overrun_mm = (end - result.slices[0]) * image.GetSpacing()[2]
+    assert result.stopped["down"] == "tail" and overrun_mm <= 25.0, (result.stopped, overrun_mm)
+    assert dice(result.volume_mask()[end : k + 1], liver[end : k + 1]) >= 0.85
