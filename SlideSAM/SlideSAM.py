@@ -241,12 +241,14 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         n = geometry.dimensions(volumeNode)[ax]
         if not 0 <= index < n:
             raise InputError(f"slice {index} is outside the volume (0..{n - 1} along {geometry.AXIS_NAMES[ax]})")
-        mask = stack_view(read_segment(segmentationNode, segmentId, volumeNode), ax)[index].astype(bool)
+        stack = stack_view(read_segment(segmentationNode, segmentId, volumeNode), ax)
+        mask = stack[index].astype(bool)
+        largest = int(np.count_nonzero(stack.reshape(len(stack), -1), axis=1).max())  # the stop rule measures against the organ's largest slice
         if not mask.any():
             raise InputError(f"segment '{segmentId}' is empty on slice {index} ({geometry.AXIS_NAMES[ax]}): draw the correction there first")
         dirs = ("up", "down") if direction == "both" else (direction,)
         return PropagationJob("restart", volumeNode, segmentationNode, segmentId, ax, dirs, sliceRange, editor_node=editorNode,
-                              corrected_index=index, corrected_mask=mask, get_session=self._sessionGetter(volumeNode))
+                              corrected_index=index, corrected_mask=mask, largest_area=largest, get_session=self._sessionGetter(volumeNode))
 
     def _targetSegment(self, segmentationNode, segmentId, volumeNode):
         """(segment ID, created): an existing segment, or a new one named after `segmentId`."""

@@ -254,6 +254,7 @@ class SlideSAMClient:
         slice_range: Optional[Tuple[int, int]] = None,
         progress: Optional[Callable[[float, str], None]] = None,
         cancel: Optional[Callable[[], bool]] = None,
+        largest_area: Optional[int] = None,
     ) -> RemoteResult:
         """As `Session.restart`: propagate again from a corrected 2D mask, reusing the session's embeddings."""
         try:
@@ -267,6 +268,8 @@ class SlideSAMClient:
             "direction": direction,
             "slice_range": [int(v) for v in slice_range] if slice_range is not None else None,
         }
+        if largest_area is not None:  # only when given: a server that predates the field still accepts the request
+            payload["largest_area"] = int(largest_area)
         return self._job(session_id, "restart", payload, progress, cancel)
 
     def cancel(self, session_id: str, job: Optional[str] = None) -> List[str]:
@@ -311,9 +314,10 @@ class RemoteSession:
     def segment(self, box=None, points=(), axis=None, direction="both", slice_range=None, progress=None, cancel=None) -> RemoteResult:
         return self._call(self.client.segment, progress, box=box, points=points, axis=axis, direction=direction, slice_range=slice_range, cancel=cancel)
 
-    def restart(self, slice_mask, slice_index, axis=2, direction="up", slice_range=None, progress=None, cancel=None) -> RemoteResult:
+    def restart(self, slice_mask, slice_index, axis=2, direction="up", slice_range=None, progress=None, cancel=None, largest_area=None) -> RemoteResult:
         return self._call(
-            self.client.restart, progress, slice_mask=slice_mask, slice_index=slice_index, axis=axis, direction=direction, slice_range=slice_range, cancel=cancel
+            self.client.restart, progress, slice_mask=slice_mask, slice_index=slice_index, axis=axis, direction=direction, slice_range=slice_range, cancel=cancel,
+            largest_area=largest_area,
         )
 
     def close(self) -> None:

@@ -240,6 +240,7 @@ class Propagator:
         hi: int,
         fixed_start_mask: Optional[np.ndarray] = None,
         result: Optional[PropagationResult] = None,
+        largest_area: int = 0,
     ) -> PropagationResult:
         """Propagate from `start` (already predicted as `first`) in each of `directions` (+1, -1) within [lo, hi]."""
         t0 = time.perf_counter()
@@ -252,7 +253,7 @@ class Propagator:
         start_info = SliceInfo(start, first.iou, first.stability, int(start_mask.sum()))
         res.info.append(start_info)
         chains = {}
-        max_area = start_info.area
+        max_area = max(start_info.area, int(largest_area))  # the stop rule's areas are relative to this
         span = max(1, sum((hi - start) if d > 0 else (start - lo) for d in directions))
         done = 0
         for d in directions:

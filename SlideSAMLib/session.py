@@ -171,11 +171,15 @@ class Session:
         slice_range: Optional[Tuple[int, int]] = None,
         progress: Optional[ProgressFn] = None,
         cancel: Optional[CancelFn] = None,
+        largest_area: Optional[int] = None,
     ) -> PropagationResult:
         """Propagate again from a corrected 2D mask on `slice_index` towards `direction` ("up" or "down").
 
         The result holds the corrected slice unchanged and new masks on that side only: the
         caller replaces that side of its segment (everything beyond the slice in that direction).
+        `largest_area`: pixels of the structure's largest slice along `axis` (e.g. of the segment being
+        corrected); the stop rule's limits are fractions of it. Default: the corrected mask's own area, which
+        near an organ's end is small and lets the chain run on (benchmarks/RESULTS.md §1).
         """
         if direction not in ("up", "down"):
             raise InputError(f"restart direction '{direction}' must be up or down")
@@ -190,6 +194,8 @@ class Session:
         box = box_of(mask)
         if box is None:
             raise InputError(f"slice {slice_index} is empty: draw the corrected structure on it before restarting")
+        if largest_area is not None and (not np.isfinite(largest_area) or largest_area < 0):
+            raise InputError(f"largest_area {largest_area} is not a pixel count (>= 0)")
         lo, hi = self._range(axis, slice_range)
         x0, y0, x1, y1 = box
         with self._lock:
@@ -197,6 +203,6 @@ class Session:
             pred.encode([slice_index])
             first = pred.predict(slice_index, box=(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
             prop = Propagator(pred, self.stop_rule, progress, cancel, slice_spacing_mm=self.spacing[axis])
-            result = prop.run(slice_index, first, DIRECTIONS[direction], lo, hi, fixed_start_mask=mask)
+            result = prop.run(slice_index, first, DIRECTIONS[direction], lo, hi, fixed_start_mask=mask, largest_area=int(largest_area or 0))
             result.encoder_passes = pred.encoder_passes - passes
             return result

@@ -24,6 +24,7 @@ class PropagationJob:
     engine_prompt: Optional[dict] = None  # segment: box / points / axis in IJK
     corrected_index: Optional[int] = None  # restart: the corrected slice
     corrected_mask: Optional[np.ndarray] = None
+    largest_area: Optional[int] = None  # restart: the segment's largest slice (pixels) along the axis
     get_session: Optional[Callable[[], object]] = None  # returns the engine Session (may load the model)
     results: List[object] = field(default_factory=list)  # PropagationResult per direction run
 
@@ -49,7 +50,8 @@ class PropagationJob:
 
                 self.results.append(
                     session.restart(
-                        self.corrected_mask, self.corrected_index, axis=self.axis, direction=direction, slice_range=self.slice_range, progress=part, cancel=cancel
+                        self.corrected_mask, self.corrected_index, axis=self.axis, direction=direction, slice_range=self.slice_range, progress=part, cancel=cancel,
+                        largest_area=self.largest_area,
                     )
                 )
         report(1.0, "done")

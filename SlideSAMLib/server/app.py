@@ -72,6 +72,7 @@ class RestartRequest(BaseModel):
     axis: int = Field(2, ge=0, le=2)
     direction: Literal["up", "down"] = "up"
     slice_range: Optional[Tuple[int, int]] = None
+    largest_area: Optional[int] = Field(None, ge=0)  # pixels of the corrected structure's largest slice
 
 
 class CancelRequest(BaseModel):
@@ -258,7 +259,8 @@ def create_app(
 
         def work(progress, cancelled):
             return entry.session.restart(
-                mask, body.slice_index, axis=body.axis, direction=body.direction, slice_range=body.slice_range, progress=progress, cancel=cancelled
+                mask, body.slice_index, axis=body.axis, direction=body.direction, slice_range=body.slice_range, progress=progress, cancel=cancelled,
+                largest_area=body.largest_area,
             )
 
         return await _run_job(store, entry, work, model.source)

@@ -138,3 +138,8 @@ def test_thin_slices_stop_near_the_organ_end(model, ct_image):
     overrun_mm = (end - result.slices[0]) * image.GetSpacing()[2]
     assert result.stopped["down"] == "tail" and overrun_mm <= 25.0, (result.stopped, overrun_mm)
     assert dice(result.volume_mask()[end : k + 1], liver[end : k + 1]) >= 0.85
+    # The correction loop near the end: the reference outline 25 slices above the end, downwards again. Told the
+    # organ's largest slice, the restart stops as the first run did (from the corrected slice alone, it ran 52 on).
+    largest = int(result.volume_mask().sum(axis=(1, 2)).max())
+    again = session.restart(liver[end + 25], end + 25, direction="down", slice_range=(end - 60, k), largest_area=largest)
+    assert again.stopped["down"] == "tail" and (end - again.slices[0]) * image.GetSpacing()[2] <= 25.0, again.stopped
