@@ -26,7 +26,19 @@ def load_avg() -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set of this process (Linux reports ru_maxrss in KiB)."""
+    """Peak resident set of this process.
+
+    Linux: VmHWM, the high-water mark of this program's own memory. ru_maxrss would do on macOS only: on Linux a
+    child started by a big parent inherits the parent's ru_maxrss across fork and exec (measured: a bare child of
+    a 400 MB parent reports 427 MB), which made the benchmark's "after model load" figures the parent's.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
 

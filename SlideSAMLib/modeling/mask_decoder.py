@@ -39,6 +39,16 @@ class ThreeSliceMaskDecoder(MaskDecoder):
     def upscaling_branches(self):
         return (self.output_upscaling, self.output_upscaling2, self.output_upscaling3)
 
+    def _branches_identical(self) -> bool:
+        """True when the three branches hold equal weights; never while gradients are recorded (training)."""
+        if torch.is_grad_enabled():
+            return False
+        first = list(self.output_upscaling.parameters())
+        return all(
+            all(torch.equal(a, b) for a, b in zip(first, branch.parameters()))
+            for branch in (self.output_upscaling2, self.output_upscaling3)
+        )
+
     def forward(
         self,
         image_embeddings: torch.Tensor,
@@ -90,10 +100,17 @@ class ThreeSliceMaskDecoder(MaskDecoder):
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # [b, tokens, c']
         per_slice = []
-        for branch in self.upscaling_branches():
-            up = branch(src)
+        if self._branches_identical():
+            # Models made by the Slide-SAM init recipe (the embedded default) start with three equal branches:
+            # one upscaling serves all three slices (the same numbers, a third of the upscaling's cost).
+            up = self.output_upscaling(src)
             bu, cu, hu, wu = up.shape
-            per_slice.append((hyper_in @ up.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu))
+            per_slice = [(hyper_in @ up.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)] * SLICES
+        else:
+            for branch in self.upscaling_branches():
+                up = branch(src)
+                bu, cu, hu, wu = up.shape
+                per_slice.append((hyper_in @ up.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu))
         masks = torch.stack(per_slice, dim=2)
         iou_pred = self.iou_prediction_head(iou_token_out)
         return masks, iou_pred

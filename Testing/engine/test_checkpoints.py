@@ -109,6 +109,30 @@ def test_decoder_channel_order_is_token_times_three_plus_slice(vit_b_sd):
     assert not torch.allclose(raw[0, 1, 0], raw[0, 1, 1])
 
 
+def test_equal_branches_share_one_upscaling_with_the_same_numbers(model):
+    """The embedded model's three branches are equal: inference computes one upscaling for the three slices;
+    with gradients on (training) every branch runs. Both must give the same masks; unequal branches never share."""
+    import copy
+
+    dec = copy.deepcopy(model.net.mask_decoder).float()
+    assert dec._branches_identical() is False  # gradients are on here
+    torch.manual_seed(3)
+    emb, pe = torch.randn(1, 256, 64, 64), model.net.prompt_encoder.get_dense_pe()
+    sparse, dense = model.net.prompt_encoder(points=None, boxes=torch.tensor([[20.0, 30.0, 120.0, 140.0]]), masks=None)
+    sparse, dense = sparse.detach(), dense.detach()
+    every_branch, _ = dec.predict_masks(emb, pe, sparse, dense)
+    with torch.inference_mode():
+        assert dec._branches_identical()
+        shared, _ = dec.predict_masks(emb, pe, sparse, dense)
+        with torch.no_grad():
+            dec.output_upscaling3[0].bias.add_(0.5)
+        assert not dec._branches_identical()
+        unequal, _ = dec.predict_masks(emb, pe, sparse, dense)
+    torch.testing.assert_close(shared, every_branch.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(unequal[:, :, :2], shared[:, :, :2], rtol=0, atol=0)
+    assert not torch.equal(unequal[:, :, 2], shared[:, :, 2])
+
+
 def test_plain_sam_checkpoint_gets_slide_sam_init(tmp_path):
     from segment_anything import sam_model_registry
 
