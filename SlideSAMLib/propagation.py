@@ -271,9 +271,10 @@ class Propagator:
                     res.cancelled = True
                     res.stopped[name] = "cancelled"
                     break
+                slice_image = image[c]  # normalised on each indexing: once per slice
                 prompt_mask = self.merged(c)
                 if prompt_mask is not None:
-                    prompt_mask = constrain(prompt_mask, image[c], intensity, previous_mask, self.step)
+                    prompt_mask = constrain(prompt_mask, slice_image, intensity, previous_mask, self.step)
                 box = self._grown_box(prompt_mask) if prompt_mask is not None else None
                 if box is None:
                     res.stopped[name] = "vanished"
@@ -282,7 +283,8 @@ class Propagator:
                 ahead = [c + d * i for i in range(self.p.batch_size)]
                 self.p.encode([k for k in ahead if lo <= k <= hi])
                 pred = self.p.predict(c, box=box)
-                centre = constrain((pred.logits[1] > 0).numpy(), image[c], intensity, previous_mask, self.step)
+                raw = (pred.logits[1] > 0).numpy()
+                centre = constrain(raw, slice_image, intensity, previous_mask, self.step)
                 area = int(centre.sum())
                 tail_slices = tail_slices + 1 if area < self.rule.tail_fraction * max_area else 0
                 info = SliceInfo(
@@ -292,7 +294,7 @@ class Propagator:
                     area,
                     overlap=dice(centre, prompt_mask),
                     growth=area / max(prev_area, 1),
-                    intensity_inliers=intensity.inliers(image[c], (pred.logits[1] > 0).numpy()),
+                    intensity_inliers=intensity.inliers(slice_image, raw),
                     tail_mm=tail_slices * self.slice_spacing_mm,
                 )
                 reason = self.rule.reason(info, max_area)

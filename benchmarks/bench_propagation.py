@@ -106,8 +106,8 @@ def run_scenario(case: str, method: str, mask_out: Path, arrays: Path) -> dict:
 
     # Restart: the reference label of a slice half-way between the prompt and the liver's lower end.
     k_fix = prompts["restart_slice"]
-    t0 = time.perf_counter()
     largest = int(masks["liver"].sum(axis=(1, 2)).max())  # as the Slicer module passes the segment's largest slice
+    t0 = time.perf_counter()
     res = session.restart(correction, k_fix, axis=2, direction="down", largest_area=largest)
     total = time.perf_counter() - t0
     out["restart"] = {
