@@ -143,3 +143,21 @@ def test_thin_slices_stop_near_the_organ_end(model, ct_image):
     largest = int(result.volume_mask().sum(axis=(1, 2)).max())
     again = session.restart(liver[end + 25], end + 25, direction="down", slice_range=(end - 60, k), largest_area=largest)
     assert again.stopped["down"] == "tail" and (end - again.slices[0]) * image.GetSpacing()[2] <= 25.0, again.stopped
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (1.0, 0.0, 3.0), (1.0, float("nan"), 3.0), (-1.0, 1.0, 3.0)])
+def test_bad_spacing_is_refused_in_one_line(model, ct_labels, spacing):
+    from SlideSAMLib import Session
+
+    with pytest.raises(InputError, match="voxel spacing") as err:
+        Session(model, ct_labels, spacing=spacing)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_largest_area_is_refused_before_any_work(ct_session, ct_labels):
+    label = ct_labels == ORGANS["kidney_right"]
+    k = int(label.sum(axis=(1, 2)).argmax())
+    before = ct_session.encoder_passes
+    with pytest.raises(InputError, match="largest_area") as err:
+        ct_session.restart(label[k], k, direction="up", largest_area=-5)
+    assert "\n" not in str(err.value) and ct_session.encoder_passes == before
