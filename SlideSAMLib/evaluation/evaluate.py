@@ -203,7 +203,7 @@ def evaluate(model: SlideSAMModel, cases: Sequence[Case], jitter: int = 2, with_
     from ..session import Session
 
     for case in cases:
-        session = Session(model, case.volume)  # one per case: its structures reuse the embeddings
+        session = Session(model, case.volume, spacing=case.spacing)  # one per case: its structures reuse the embeddings
         for value in case.structures:
             truth = case.labels == value
             if truth.reshape(truth.shape[0], -1).sum(axis=1).max() < MIN_AREA:

@@ -1,12 +1,21 @@
 """`slidesam eval` on a small real case (manual liver label, three CT slices)."""
 import json
 
+import SlideSAMLib.session
 from SlideSAMLib.cli import main
 
 
-def test_eval_writes_report_with_plausible_values(data_dir, tmp_path, capsys):
+def test_eval_writes_report_with_plausible_values(data_dir, tmp_path, capsys, monkeypatch):
     d = data_dir / "ct_liver_3slice"
     out = tmp_path / "eval"
+    spacings = []  # every engine Session the evaluation makes must know the voxel size (the stop rule's tail is in mm)
+
+    class RecordingSession(SlideSAMLib.session.Session):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            spacings.append(tuple(self.spacing))
+
+    monkeypatch.setattr(SlideSAMLib.session, "Session", RecordingSession)
     code = main(["eval", "--case", str(d / "dicom"), str(d / "liver_spine_seg.nrrd"), str(d / "labels.json"),
                  "--structures", "liver", "--jitter", "1", "--device", "cpu", "-o", str(out)])
     assert code == 0, capsys.readouterr().err
@@ -26,6 +35,7 @@ def test_eval_writes_report_with_plausible_values(data_dir, tmp_path, capsys):
     # one row per run (box, jitter-1) and one in the labelling-efficiency table
     assert (out / "eval.md").read_text().count("| ct_liver_3slice/dicom | liver |") == 3
     assert (out / "ct_liver_3slice_dicom_liver.png").stat().st_size > 10_000
+    assert spacings and all(max(abs(a - b) for a, b in zip(sp, report["cases"][0]["spacing"])) < 1e-6 for sp in spacings), spacings
 
 
 def test_eval_unknown_structure_is_one_line(data_dir, tmp_path, capsys):
