@@ -137,7 +137,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
     def testConnection(self):
         """One line describing the server (version, model, device); raises a one-line SlideSAMError when it cannot be used."""
         info = self.client(timeout=self.CONNECTION_TIMEOUT_S).version()
-        clicks = "box and click prompts" if info.get("supports_points") else "box prompts only"
+        clicks = "clicks as point prompts" if info.get("supports_points") else "clicks by box search"
         return f"connected: SlideSAM {info.get('version')} on {info.get('device')}, model {info.get('model')} ({clicks})"
 
     def ensureDependencies(self, confirm=None):

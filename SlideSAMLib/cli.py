@@ -91,6 +91,8 @@ def prompt_from_args(args, image):
     lps/ras: X, Y, K are world coordinates (mm) along the world axes those voxel axes run along.
     """
     if args.box is None and not args.point:
+        if args.negative:
+            raise InputError("only exclude clicks (--negative) were given: add an include click (--point X Y) or a box (--box X0 Y0 X1 Y1)")
         raise InputError("empty prompt: give --box X0 Y0 X1 Y1 and/or --point X Y")
     if args.slice_index is None:
         raise InputError("--slice K is needed: the index of the slice the prompt is drawn on")

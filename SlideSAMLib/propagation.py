@@ -108,6 +108,23 @@ def box_of(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
     return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
 
 
+def box_margin(geometry, model_px: float = BOX_MARGIN_MODEL_PX) -> Tuple[float, float]:
+    """(x, y) slice pixels that make `model_px` pixels of the model's input."""
+    rh, rw = geometry.resized
+    return model_px * geometry.cols / rw, model_px * geometry.rows / rh
+
+
+def grown_box(mask: np.ndarray, margin: Tuple[float, float]) -> Optional[Tuple[float, float, float, float]]:
+    """The mask's bounding box grown by `margin` (x, y) pixels, clipped to the slice; None for an empty mask."""
+    box = box_of(mask)
+    if box is None:
+        return None
+    mx, my = margin
+    rows, cols = mask.shape
+    x0, y0, x1, y1 = box
+    return max(0.0, x0 - mx), max(0.0, y0 - my), min(cols - 1.0, x1 + mx), min(rows - 1.0, y1 + my)
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     s = int(a.sum()) + int(b.sum())
     return 2.0 * int(np.logical_and(a, b).sum()) / s if s else 1.0
@@ -192,7 +209,7 @@ class Propagator:
         self.slice_spacing_mm = float(slice_spacing_mm)
         g = predictor.geometry
         rh, rw = g.resized
-        self.margin = (box_margin_model_px * g.cols / rw, box_margin_model_px * g.rows / rh)
+        self.margin = box_margin(g, box_margin_model_px)
         self.step = (max(1, int(round(step_model_px * g.rows / rh))), max(1, int(round(step_model_px * g.cols / rw))))
         self.rule = rule
         self.progress = progress or (lambda fraction, message: None)
@@ -209,13 +226,7 @@ class Propagator:
                 self._weight[s] = self._weight.get(s, 0.0) + weight
 
     def _grown_box(self, mask: np.ndarray):
-        box = box_of(mask)
-        if box is None:
-            return None
-        mx, my = self.margin
-        rows, cols = mask.shape
-        x0, y0, x1, y1 = box
-        return max(0.0, x0 - mx), max(0.0, y0 - my), min(cols - 1.0, x1 + mx), min(rows - 1.0, y1 + my)
+        return grown_box(mask, self.margin)
 
     def merged(self, s: int) -> Optional[np.ndarray]:
         if s in self._sealed:

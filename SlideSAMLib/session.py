@@ -12,6 +12,7 @@ import numpy as np
 
 from .cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 from .checkpoint import SlideSAMModel
+from .clicks import ClickSearch
 from .errors import InputError
 from .predictor import WindowPredictor
 from .preprocess import detect_modality, normalisation_for
@@ -146,15 +147,15 @@ class Session:
                 raise InputError(f"the box ({x0:g}, {y0:g})-({x1:g}, {y1:g}) has zero size on slice {k}: drag a box around the structure")
             box2d = (x0, y0, x1, y1)
         points2d = [(*self._in_plane(p, ax), inc) for p, inc in pts]
-        if points2d and not self.model.supports_points and box2d is None:
-            raise InputError(
-                f"the model ({self.model.source}) was trained with boxes only and cannot segment from clicks: draw a box, or load a point-trained checkpoint"
-            )
         with self._lock:
             pred = self.predictor(ax)
             passes = pred.encoder_passes
             pred.encode([k])
-            first = pred.predict(k, box=box2d, points=points2d)
+            if box2d is None and not self.model.supports_points:
+                pixel_mm = float(np.mean([self.spacing[a] for a in range(3) if a != ax]))
+                first = ClickSearch(pred, pixel_mm).predict(k, points2d)  # a box-only model: find the box the click means
+            else:
+                first = pred.predict(k, box=box2d, points=points2d)
             if progress:
                 progress(0.0, f"slice {k} (prompt)")
             prop = Propagator(pred, self.stop_rule, progress, cancel, slice_spacing_mm=self.spacing[ax])

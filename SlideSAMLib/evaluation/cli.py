@@ -23,7 +23,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("-o", "--out", required=True, help="output folder (eval.json, eval.md, one PNG per structure)")
     p.add_argument("--jitter", type=int, default=2, help="jittered-box runs per structure")
     p.add_argument("--no-efficiency", action="store_true", help="skip the correction-loop simulation")
-    p.add_argument("--force-points", action="store_true", help="run the click prompt even on a box-only model (to measure it)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
@@ -56,7 +55,7 @@ def run(args) -> int:
     figs = None
     if not args.no_figures:
         figs = lambda case, res, data: figure(case, res, data, out / f"{safe_name(case.name)}_{safe_name(res['structure'])}.png")
-    report = evaluate(model, cases, jitter=args.jitter, with_efficiency=not args.no_efficiency, force_points=args.force_points,
+    report = evaluate(model, cases, jitter=args.jitter, with_efficiency=not args.no_efficiency,
                       seed=args.seed, progress=lambda m: print(f"evaluating {m}", file=sys.stderr), figures=figs)
     write_json(report, out / "eval.json")
     write_markdown(report, out / "eval.md")

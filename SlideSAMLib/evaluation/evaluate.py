@@ -4,7 +4,8 @@ For each structure (slice axis k):
   * "box": the tight box of the structure on its largest slice, propagated both ways;
   * "jitter-N": the same box with each side shifted (seeded Gaussian, 5 % of the box side, capped at 10 %);
   * "point": one include click on the deepest interior pixel of the largest slice (where an
-    annotator clicks "in the middle"), when the model supports clicks (or `force_points`);
+    annotator clicks "in the middle"): the decoder's own point prompt for a point-trained model, the
+    click's box search (`SlideSAMLib.clicks`) for a box-only one;
 then 3D Dice, surface Dice at 2 mm, HD95, predicted vs true slice extent, encoder passes, seconds.
 
 Labelling efficiency: start from the "box" result; while 3D Dice < 0.90 the worst slice gets a
@@ -15,7 +16,7 @@ Every structure gets its own Session, so encoder passes are those of a cold star
 """
 import difflib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -163,7 +164,7 @@ def efficiency(session, truth: np.ndarray, start_pred: np.ndarray, k0: int, targ
 
 
 def evaluate_structure(model: SlideSAMModel, case: Case, value: int, jitter: int = 2, with_efficiency: bool = True,
-                       force_points: bool = False, seed: int = 0, session=None) -> dict:
+                       seed: int = 0, session=None) -> dict:
     """`session`: the case's engine Session, shared by its structures so the volume is encoded once."""
     from ..session import Session
 
@@ -181,22 +182,19 @@ def evaluate_structure(model: SlideSAMModel, case: Case, value: int, jitter: int
     rng = np.random.default_rng([seed, value])
     for j in range(jitter):
         out["runs"][f"jitter-{j + 1}"], _ = _run(session, truth, case.spacing, box=_box3(jittered(box2d, rng, truth.shape[1:]), k0))
-    point_model = model if model.supports_points or not force_points else replace(model, kind="forced-points")
     click = deepest_point(truth[k0])
     figure["click"] = click
-    if point_model.supports_points:
-        session_p = session if point_model is model else Session(point_model, case.volume, spacing=case.spacing)
-        run, figure["point_pred"] = _run(session_p, truth, case.spacing, points=[((click[0], click[1], k0), True)])
-        run["forced"] = point_model is not model
-        out["runs"]["point"] = run
-        out["point_vs_box"] = round(run["dice"] / max(out["runs"]["box"]["dice"], 1e-6), 3)
+    run, figure["point_pred"] = _run(session, truth, case.spacing, points=[((click[0], click[1], k0), True)])
+    run["click_prompt"] = "decoder" if model.supports_points else "box search"
+    out["runs"]["point"] = run
+    out["point_vs_box"] = round(run["dice"] / max(out["runs"]["box"]["dice"], 1e-6), 3)
     if with_efficiency:
         out["efficiency"] = efficiency(session, truth, figure["box_pred"], k0)
     out["encoder_passes_total"] = session.encoder_passes - passes_before  # new passes for this structure
     return out, figure
 
 
-def evaluate(model: SlideSAMModel, cases: Sequence[Case], jitter: int = 2, with_efficiency: bool = True, force_points: bool = False,
+def evaluate(model: SlideSAMModel, cases: Sequence[Case], jitter: int = 2, with_efficiency: bool = True,
              seed: int = 0, progress: Optional[Callable[[str], None]] = None, figures: Optional[Callable] = None) -> dict:
     t0 = time.perf_counter()
     results = []
@@ -210,7 +208,7 @@ def evaluate(model: SlideSAMModel, cases: Sequence[Case], jitter: int = 2, with_
                 continue
             if progress:
                 progress(f"{case.name}: {case.structures[value]}")
-            res, fig = evaluate_structure(model, case, value, jitter, with_efficiency, force_points, seed, session=session)
+            res, fig = evaluate_structure(model, case, value, jitter, with_efficiency, seed, session=session)
             results.append(res)
             if figures:
                 figures(case, res, fig)

@@ -34,13 +34,12 @@ def _fmt(v):
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# SlideSAM evaluation", "", f"Model: {report['model']} (points: {'yes' if report['supports_points'] else 'no'})", ""]
+    lines = [f"# SlideSAM evaluation", "", f"Model: {report['model']} (clicks: {'decoder point prompts' if report['supports_points'] else 'box search around the click'})", ""]
     lines += ["| case | structure | prompt | Dice | surface Dice 2 mm | HD95 mm | slices pred | slices true | encoder passes | s |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         for name, run in r["runs"].items():
-            label = name + (" (forced)" if run.get("forced") else "")
-            lines.append(f"| {r['case']} | {r['structure']} | {label} | " + " | ".join(_fmt(run.get(c)) for c in RUN_COLUMNS) + " |")
+            lines.append(f"| {r['case']} | {r['structure']} | {name} | " + " | ".join(_fmt(run.get(c)) for c in RUN_COLUMNS) + " |")
     eff = [r for r in report["results"] if "efficiency" in r]
     if eff:
         lines += ["", "Labelling efficiency (prompts until 3D Dice ≥ 0.90: one box + corrections, vs a box on every slice):", "",

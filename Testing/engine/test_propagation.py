@@ -89,7 +89,7 @@ def test_direction_and_range(ct_session, ct_labels):
         ({"box": ((10, 10, 50), (500, 40, 50))}, "outside the volume"),
         ({"box": ((10, 10, 500), (50, 40, 500))}, "outside the volume"),
         ({"box": ((10, 10, 40), (50, 40, 50))}, "one slice"),
-        ({"points": [((60, 50, 80), True)]}, "boxes only"),
+        ({"points": [((60, 50, 80), False)]}, "only exclude clicks"),
         ({"box": ((10, 10, 50), (50, 40, 50)), "direction": "sideways"}, "direction"),
         ({"box": ((10, 10, 50), (50, 40, 50)), "slice_range": (60, 70)}, "outside the slice range"),
     ],

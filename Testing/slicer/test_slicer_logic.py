@@ -171,6 +171,25 @@ def test_roi_and_point_list_nodes_give_the_same_result(mrml, ct, logic, kidney):
     assert dice(read_segment(seg2, report2.segmentId, ct.node)[inner(ct)], ct.reference[inner(ct)]) > 0.7
 
 
+def test_one_click_alone_segments_the_spleen(mrml, ct, logic, data_dir):
+    """A single include click from a markups point list, no box: the embedded box-only model gets the click's
+    box search (SlideSAMLib/clicks.py). Fed to its decoder as a point, this click gave Dice 0.00."""
+    from SlideSAMLib.training.prompts import deepest_point
+
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "ct_abdomen" / "example_seg_fast_force_split.nii.gz")))
+    spleen = labels == 1
+    k = int(spleen.sum(axis=(1, 2)).argmax())
+    x, y = deepest_point(spleen[k])
+    points = mrml.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    points.AddControlPoint(*lps_to_ras(ct.image.TransformContinuousIndexToPhysicalPoint([float(x), float(y), float(k)])))
+    seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "click only")
+    lo, hi = k - 4, min(k + 4, spleen.shape[0] - 1)
+    report = logic.segment(ct.node, seg, "spleen", points=points, sliceRange=(lo, hi))
+    mask = read_segment(seg, report.segmentId, ct.node)
+    assert mask[k, y, x] and set(report.slices) == set(range(lo, hi + 1))
+    assert dice(mask[lo : hi + 1], spleen[lo : hi + 1]) > 0.85
+
+
 def test_cancel_keeps_a_consistent_partial_result(mrml, ct, logic, kidney):
     seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "cancelled")
     calls = []

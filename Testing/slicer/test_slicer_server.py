@@ -59,7 +59,7 @@ def local_masks(slidesam_model, ct, window):
 
 def test_connection_test_names_the_server_and_its_model(remote_logic):
     message = remote_logic.testConnection()
-    assert message.startswith("connected: SlideSAM") and "LiteMedSAM" in message and "box prompts only" in message
+    assert message.startswith("connected: SlideSAM") and "LiteMedSAM" in message and "clicks by box search" in message
 
 
 def test_server_result_equals_the_local_engine_and_restart_reuses_it(mrml, ct, window, remote_logic, local_masks):

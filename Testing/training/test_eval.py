@@ -24,7 +24,9 @@ def test_eval_writes_report_with_plausible_values(data_dir, tmp_path, capsys, mo
     (res,) = report["results"]
     assert res["structure"] == "liver" and res["voxels"] == 107098
     box = res["runs"]["box"]
-    assert set(res["runs"]) == {"box", "jitter-1"}  # the embedded model takes no clicks
+    assert set(res["runs"]) == {"box", "jitter-1", "point"}
+    click = res["runs"]["point"]
+    assert click["click_prompt"] == "box search" and click["dice"] > 0.75 and res["point_vs_box"] > 0.8  # measured 0.836, 0.877
     assert 0.85 < box["dice"] <= 1.0 and 0.85 < box["surface_dice_2mm"] <= 1.0
     assert 0.0 < box["hd95_mm"] < 15.0
     assert box["extent_true"] == [0, 2] and box["extent_pred"] == [0, 2]
@@ -32,8 +34,8 @@ def test_eval_writes_report_with_plausible_values(data_dir, tmp_path, capsys, mo
     eff = res["efficiency"]
     assert eff["box_every_slice_prompts"] == 3 and 1 <= eff["prompts"] <= 3 and eff["box_every_slice_dice"] > 0.85
     assert set(res["slice_dice"]) == {"0", "1", "2"}
-    # one row per run (box, jitter-1) and one in the labelling-efficiency table
-    assert (out / "eval.md").read_text().count("| ct_liver_3slice/dicom | liver |") == 3
+    # one row per run (box, jitter-1, point) and one in the labelling-efficiency table
+    assert (out / "eval.md").read_text().count("| ct_liver_3slice/dicom | liver |") == 4
     assert (out / "ct_liver_3slice_dicom_liver.png").stat().st_size > 10_000
     assert spacings and all(max(abs(a - b) for a, b in zip(sp, report["cases"][0]["spacing"])) < 1e-6 for sp in spacings), spacings
 

@@ -1,0 +1,104 @@
+"""Clicks for a model trained with boxes only: find the box the click means.
+
+LiteMedSAM (the embedded default) never saw point prompts; fed a click, its decoder returns almost nothing
+(Dice <= 0.05). A box-only model instead segments "the object in the box", and its mask grows with the box.
+So a click becomes a search over boxes centred on it:
+
+  1. square boxes centred on the click, half-sides growing geometrically from 2 % to 45 % of the slice's
+     longer side, one decode each;
+  2. each candidate mask is the connected part holding the include clicks (none may hold an exclude click);
+  3. it is scored by how well it fits the intensities around the click: the share of its pixels inside
+     the click's intensity band, times the share of the thin ring just outside it that is not (an organ's
+     mask is homogeneous and ends where the tissue changes), times the decoder's own IoU estimate;
+  4. the best candidate's bounding box, grown by the propagation's margin, is decoded once more (the
+     squares are centred on the click, the organ seldom is).
+
+Chosen on the training volumes only (example_ct, example_mr_sm: one click at the deepest point of the
+largest slice of 30 structures); figures, evaluation-only volumes included, in benchmarks/RESULTS.md §1c. A point-trained checkpoint does not need this: its decoder takes clicks directly.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputError
+from .predictor import WindowPrediction, WindowPredictor
+from .propagation import box_margin, grown_box
+
+# Half-sides of the candidate squares, as fractions of the slice's longer side.
+BOX_FRACTIONS = tuple(0.02 * 1.25 ** n for n in range(15))
+BAND_DISC_MM = 7.0  # radius of the disc around each include click whose intensities make the band
+BAND_QUANTILES = (25.0, 75.0)
+BAND_PAD = 0.5  # the band is the disc's inter-quartile range widened by this share of it on each side
+RING_MM = 3.0  # width of the ring just outside a candidate mask
+
+Click = Tuple[float, float, bool]  # (x, y, include) in slice pixels
+
+
+class ClickSearch:
+    """Turns clicks on slice k into one `WindowPrediction` with a box-only model (see module docstring)."""
+
+    def __init__(self, predictor: WindowPredictor, pixel_mm: float = 1.0):
+        """`pixel_mm`: the in-plane pixel size; the intensity disc and ring are physical sizes."""
+        self.p = predictor
+        self.rows, self.cols = predictor.stack.shape[1:]
+        self.disc_px = max(1.5, BAND_DISC_MM / pixel_mm)
+        self.ring_px = max(1, int(round(RING_MM / pixel_mm)))
+        self.margin = box_margin(predictor.geometry)
+        self.decodes = 0  # decoder calls of the last search (for tests and the benchmark)
+
+    def predict(self, k: int, clicks: Sequence[Click]) -> WindowPrediction:
+        include = [(int(round(x)), int(round(y))) for x, y, inc in clicks if inc]
+        exclude = [(int(round(x)), int(round(y))) for x, y, inc in clicks if not inc]
+        if not include:
+            raise ValueError("the click search needs at least one include click")
+        self.decodes = 0
+        image = np.asarray(self.p.stack[[k]][0], dtype=np.float32)
+        in_band = self._band(image, include)
+        x, y = np.mean(include, axis=0)
+        side = max(self.rows, self.cols)
+        xs, ys = [c[0] for c in include], [c[1] for c in include]
+        best: Optional[Tuple[float, WindowPrediction, np.ndarray]] = None
+        for fraction in BOX_FRACTIONS:
+            h = fraction * side
+            box = self._clip(min(x - h, min(xs) - 1), min(y - h, min(ys) - 1), max(x + h, max(xs) + 1), max(y + h, max(ys) + 1))
+            candidate = self._decode(k, box, include, exclude)
+            if candidate is not None:
+                score = self._fit(candidate[1], in_band) * candidate[0].iou
+                if best is None or score > best[0]:
+                    best = (score, *candidate)
+        if best is None:
+            raise InputError(f"no structure found under the click(s) on slice {k}: click inside the structure, or draw a box around it")
+        refined = self._decode(k, grown_box(best[2], self.margin), include, exclude)
+        return (refined or best[1:])[0]
+
+    # -- parts ---------------------------------------------------------------
+    def _clip(self, x0, y0, x1, y1):
+        return max(0.0, x0), max(0.0, y0), min(self.cols - 1.0, x1), min(self.rows - 1.0, y1)
+
+    def _decode(self, k, box, include, exclude) -> Optional[Tuple[WindowPrediction, np.ndarray]]:
+        """The prediction for `box` and the part of its centre mask that holds the include clicks, or None
+        when that part misses an include click or holds an exclude click."""
+        pred = self.p.predict(k, box=box)
+        self.decodes += 1
+        labels, _ = ndimage.label((pred.logits[1] > 0).numpy())
+        held = {labels[y, x] for x, y in include}
+        if 0 in held or any(labels[y, x] in held for x, y in exclude):
+            return None
+        return pred, np.isin(labels, list(held))
+
+    def _band(self, image: np.ndarray, include: List[Tuple[int, int]]) -> np.ndarray:
+        r = self.disc_px
+        yy, xx = np.ogrid[: self.rows, : self.cols]
+        disc = np.zeros(image.shape, dtype=bool)
+        for x, y in include:
+            disc |= (xx - x) ** 2 + (yy - y) ** 2 <= r * r
+        lo, hi = np.percentile(image[disc], BAND_QUANTILES)
+        pad = BAND_PAD * max(float(hi - lo), 1e-6)
+        return (image >= lo - pad) & (image <= hi + pad)
+
+    def _fit(self, mask: np.ndarray, in_band: np.ndarray) -> float:
+        ring = ndimage.binary_dilation(mask, iterations=self.ring_px) & ~mask
+        if not ring.any():  # the mask fills the slice
+            return 0.0
+        return float(in_band[mask].mean() * (1.0 - in_band[ring].mean()))
