@@ -12,7 +12,7 @@ import numpy as np
 
 from .cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 from .checkpoint import SlideSAMModel
-from .clicks import ClickSearch
+from .clicks import ClickSearch, apply_clicks
 from .errors import InputError
 from .predictor import WindowPredictor
 from .preprocess import detect_modality, normalisation_for
@@ -151,11 +151,13 @@ class Session:
             pred = self.predictor(ax)
             passes = pred.encoder_passes
             pred.encode([k])
-            if box2d is None and not self.model.supports_points:
-                pixel_mm = float(np.mean([self.spacing[a] for a in range(3) if a != ax]))
-                first = ClickSearch(pred, pixel_mm).predict(k, points2d)  # a box-only model: find the box the click means
-            else:
+            if self.model.supports_points:
                 first = pred.predict(k, box=box2d, points=points2d)
+            elif box2d is None:  # a box-only model: find the box the click means
+                pixel_mm = float(np.mean([self.spacing[a] for a in range(3) if a != ax]))
+                first = ClickSearch(pred, pixel_mm).predict(k, points2d)
+            else:  # a box-only model's decoder is not given the clicks: they edit its mask
+                first = apply_clicks(pred.predict(k, box=box2d), points2d)
             if progress:
                 progress(0.0, f"slice {k} (prompt)")
             prop = Propagator(pred, self.stop_rule, progress, cancel, slice_spacing_mm=self.spacing[ax])
