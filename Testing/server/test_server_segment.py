@@ -69,6 +69,24 @@ def test_restart_and_new_prompts_reuse_embeddings(kidney_case, mr):
     assert again.encoder_passes == 0 and again.slices
 
 
+def test_a_click_through_the_server_equals_the_local_click(kidney_case, mr, local_model):
+    """The embedded model's click search runs on the server exactly as locally (its disc and ring are in mm: the
+    local twin needs the same spacing the upload carried)."""
+    from SlideSAMLib.training.prompts import deepest_point
+
+    client, session_id, _, _, _, _ = kidney_case
+    image, volume, labels = mr
+    x, y = deepest_point(labels[PROMPT_K] == MR_KIDNEY_LEFT)
+    click = [((x, y, PROMPT_K), True)]
+    remote = client.segment(session_id, points=click, slice_range=RANGE)
+    local_session = Session(local_model, volume, modality="mr", spacing=image.GetSpacing())
+    local_session.segment(points=click, slice_range=RANGE)  # encodes the windows, as the server's first prompt did
+    local = local_session.segment(points=click, slice_range=RANGE)
+    same_result(remote, local)
+    lo, hi = RANGE
+    assert dice(remote.volume_mask()[lo : hi + 1], labels[lo : hi + 1] == MR_KIDNEY_LEFT) > 0.7
+
+
 def test_cancel_stops_at_the_next_window(kidney_case, mr):
     client, session_id, _, _, _, _ = kidney_case
     _, _, labels = mr
