@@ -161,6 +161,9 @@ def run_segment(args) -> int:
             session = Session(model, array_of(image), modality=args.modality, spacing=image.GetSpacing())
             result = session.segment(box=box, points=points, axis=axis, direction=args.direction, slice_range=args.slice_range, progress=bar)
             source = model.source
+            if points and not model.supports_points:
+                how = "turned into a box by search" if box is None else "applied to the box's mask"
+                source += f" (trained with boxes only: clicks {how}; README, Clicks)"
     finally:
         bar.close()
     write_result(result.volume_mask(), image, out, segment_name=args.name)
