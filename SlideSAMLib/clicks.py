@@ -50,8 +50,9 @@ class ClickSearch:
         self.decodes = 0  # decoder calls of the last search (for tests and the benchmark)
 
     def predict(self, k: int, clicks: Sequence[Click]) -> WindowPrediction:
-        include = [(int(round(x)), int(round(y))) for x, y, inc in clicks if inc]
-        exclude = [(int(round(x)), int(round(y))) for x, y, inc in clicks if not inc]
+        pixel = lambda x, y: (min(max(int(round(x)), 0), self.cols - 1), min(max(int(round(y)), 0), self.rows - 1))
+        include = [pixel(x, y) for x, y, inc in clicks if inc]
+        exclude = [pixel(x, y) for x, y, inc in clicks if not inc]
         if not include:
             raise ValueError("the click search needs at least one include click")
         self.decodes = 0
