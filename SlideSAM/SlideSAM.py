@@ -301,6 +301,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
             segmentId=segmentId, axis=axis, slices=sorted(masks), changedSlices=changed, info=info, stopped=stopped,
             cancelled=any(r.cancelled for r in results), seconds=sum(r.seconds for r in results),
             encoderPasses=sum(r.encoder_passes for r in results), createdSegment=created,
+            prompt=results[0].prompt if results else "",
         )
 
     # -- scripting API -------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError, SlideSAMError
+from .wire import PROMPT_KINDS
 from .onnx_encoder import ENCODER_BACKENDS, ENCODER_HELP
 
 # Sub-commands that live in their own modules; each module has add_parser(subparsers) and run(args).
@@ -161,16 +162,14 @@ def run_segment(args) -> int:
             session = Session(model, array_of(image), modality=args.modality, spacing=image.GetSpacing())
             result = session.segment(box=box, points=points, axis=axis, direction=args.direction, slice_range=args.slice_range, progress=bar)
             source = model.source
-            if points and not model.supports_points:
-                how = "turned into a box by search" if box is None else "applied to the box's mask"
-                source += f" (trained with boxes only: clicks {how}; README, Clicks)"
     finally:
         bar.close()
     write_result(result.volume_mask(), image, out, segment_name=args.name)
     s = result.summary()
     print(
         f"wrote {out}: slices {s['slices'][0]}..{s['slices'][-1]} along {s['axis']} ({s['slices_written']} slices), "
-        f"stopped {s['stopped']}, {s['encoder_passes']} encoder passes, {s['seconds']} s, model: {source}"
+        f"stopped {s['stopped']}, {s['encoder_passes']} encoder passes, {s['seconds']} s, model: {source}, "
+        f"prompt: {PROMPT_KINDS.get(s['prompt'], s['prompt'])}"
     )
     return 0
 

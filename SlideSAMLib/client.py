@@ -74,6 +74,7 @@ class RemoteResult(MaskResultMixin):
     cancelled: bool = False
     encoder_passes: int = 0
     seconds: float = 0.0
+    prompt: str = ""
     model: str = ""
     job: str = ""
 
@@ -90,6 +91,7 @@ def _result_from(event: dict, job: str) -> RemoteResult:
         cancelled=bool(event["cancelled"]),
         encoder_passes=int(event["encoder_passes"]),
         seconds=float(event["seconds"]),
+        prompt=event.get("prompt", ""),
         model=event.get("model", ""),
         job=job,
     )

@@ -98,6 +98,7 @@ class PropagationResult(MaskResultMixin):
     cancelled: bool = False
     encoder_passes: int = 0
     seconds: float = 0.0
+    prompt: str = ""  # how the prompt reached the model: one of wire.PROMPT_KINDS
 
 
 

@@ -151,18 +151,22 @@ class Session:
             pred = self.predictor(ax)
             passes = pred.encoder_passes
             pred.encode([k])
-            if self.model.supports_points:
+            if self.model.supports_points or not points2d:
                 first = pred.predict(k, box=box2d, points=points2d)
+                kind = "box+points" if box2d is not None and points2d else ("points" if points2d else "box")
             elif box2d is None:  # a box-only model: find the box the click means
                 pixel_mm = float(np.mean([self.spacing[a] for a in range(3) if a != ax]))
                 first = ClickSearch(pred, pixel_mm).predict(k, points2d)
+                kind = "click-search"
             else:  # a box-only model's decoder is not given the clicks: they edit its mask
                 first = apply_clicks(pred.predict(k, box=box2d), points2d)
+                kind = "box+click-edits"
             if progress:
                 progress(0.0, f"slice {k} (prompt)")
             prop = Propagator(pred, self.stop_rule, progress, cancel, slice_spacing_mm=self.spacing[ax])
             result = prop.run(k, first, DIRECTIONS[direction], lo, hi)
             result.encoder_passes = pred.encoder_passes - passes  # the prompt's own window included
+            result.prompt = kind
             return result
 
     def restart(
@@ -208,4 +212,5 @@ class Session:
             prop = Propagator(pred, self.stop_rule, progress, cancel, slice_spacing_mm=self.spacing[axis])
             result = prop.run(slice_index, first, DIRECTIONS[direction], lo, hi, fixed_start_mask=mask, largest_area=int(largest_area or 0))
             result.encoder_passes = pred.encoder_passes - passes
+            result.prompt = "restart"
             return result

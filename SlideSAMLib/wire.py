@@ -170,6 +170,17 @@ def volume_mask_from(slice_masks: Dict[int, np.ndarray], stack_shape: Iterable[i
     return np.ascontiguousarray(np.moveaxis(stack, 0, 2 - axis))
 
 
+# How a prompt reached the model (PropagationResult.prompt): the key, and the words shown to the user.
+PROMPT_KINDS = {
+    "box": "box",
+    "points": "clicks as point prompts",
+    "box+points": "box and clicks as point prompts",
+    "click-search": "box-only model: the click was turned into a box by search",
+    "box+click-edits": "box-only model: the clicks edited the box's mask",
+    "restart": "corrected slice",
+}
+
+
 class MaskResultMixin:
     """What local (PropagationResult) and remote (RemoteResult) results share: needs slice_masks,
     stack_shape, axis, stopped, cancelled, encoder_passes and seconds."""
@@ -193,4 +204,5 @@ class MaskResultMixin:
             "cancelled": self.cancelled,
             "encoder_passes": self.encoder_passes,
             "seconds": round(self.seconds, 2),
+            "prompt": self.prompt,
         }

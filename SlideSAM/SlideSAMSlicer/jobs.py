@@ -72,6 +72,7 @@ class RunReport:
     seconds: float
     encoderPasses: int
     createdSegment: bool = False
+    prompt: str = ""  # how the prompt reached the model (SlideSAMLib.wire.PROMPT_KINDS)
 
     @property
     def scores(self) -> Dict[int, float]:
@@ -84,5 +85,8 @@ class RunReport:
         else:
             span = f"{len(self.slices)} slices ({AXIS_NAMES[self.axis]} {self.slices[0]}..{self.slices[-1]})"
         stops = ", ".join(f"{side}: {why}" for side, why in sorted(self.stopped.items())) or "-"
+        from SlideSAMLib.wire import PROMPT_KINDS  # numpy only; SlideSAMLib is on the path once SlideSAM.py is loaded
+
         state = "cancelled, partial result kept; " if self.cancelled else ""
-        return f"{state}{span}; stopped {stops}; {self.encoderPasses} encoder passes, {self.seconds:.1f} s"
+        how = f"; {PROMPT_KINDS[self.prompt]}" if self.prompt in ("click-search", "box+click-edits") else ""
+        return f"{state}{span}; stopped {stops}; {self.encoderPasses} encoder passes, {self.seconds:.1f} s{how}"

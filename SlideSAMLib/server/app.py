@@ -281,6 +281,7 @@ def _result_json(result, model_source: str) -> dict:
         "cancelled": bool(result.cancelled),
         "encoder_passes": int(result.encoder_passes),
         "seconds": float(result.seconds),
+        "prompt": result.prompt,
         "model": model_source,
     }
 

@@ -23,7 +23,7 @@ def test_one_click_segments_the_spleen(ct_session, ct_labels):
     assert dice(result.volume_mask(), label) >= 0.85
     true = np.nonzero(label.sum(axis=(1, 2)))[0]
     assert abs(result.slices[0] - true.min()) <= 2 and abs(result.slices[-1] - true.max()) <= 2
-    assert result.slice_masks[k][y, x]
+    assert result.slice_masks[k][y, x] and result.prompt == "click-search"
 
 
 def test_exclude_click_is_outside_the_mask(ct_session, ct_labels):
@@ -72,7 +72,9 @@ def test_include_click_beside_a_box_keeps_the_box_result(ct_session, ct_labels):
     x, y, k = _click_on_largest_slice(label)
     box = _loose_box(label, k)
     alone = ct_session.segment(box=box, slice_range=(k, k)).slice_masks[k]
-    with_click = ct_session.segment(box=box, points=[((x, y, k), True)], slice_range=(k, k)).slice_masks[k]
+    run = ct_session.segment(box=box, points=[((x, y, k), True)], slice_range=(k, k))
+    assert run.prompt == "box+click-edits"
+    with_click = run.slice_masks[k]
     assert with_click[y, x] and dice(with_click, label[k]) >= max(0.75, dice(alone, label[k]) - 0.01)
 
 

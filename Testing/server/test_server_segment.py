@@ -21,6 +21,7 @@ def same_result(remote, local):
     assert all(np.array_equal(remote.slice_masks[s], local.slice_masks[s]) for s in local.slices)
     assert np.array_equal(remote.volume_mask(), local.volume_mask())
     assert remote.stopped == local.stopped and remote.cancelled == local.cancelled
+    assert remote.prompt == local.prompt and remote.prompt in ("box", "click-search", "restart")
     assert remote.encoder_passes == local.encoder_passes
     assert [(r.index, r.area, r.accepted, r.reason) for r in remote.info] == [(i.index, i.area, i.accepted, i.reason) for i in local.info]
     assert [r.iou for r in remote.info] == pytest.approx([i.iou for i in local.info], abs=1e-6)

@@ -187,6 +187,7 @@ def test_one_click_alone_segments_the_spleen(mrml, ct, logic, data_dir):
     report = logic.segment(ct.node, seg, "spleen", points=points, sliceRange=(lo, hi))
     mask = read_segment(seg, report.segmentId, ct.node)
     assert mask[k, y, x] and set(report.slices) == set(range(lo, hi + 1))
+    assert report.prompt == "click-search" and "turned into a box by search" in report.summary()
     assert dice(mask[lo : hi + 1], spleen[lo : hi + 1]) > 0.85
 
 
