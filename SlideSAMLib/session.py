@@ -120,6 +120,8 @@ class Session:
 
         box: two opposite corners (i, j, k) in voxel coordinates; points: [((i, j, k), include), ...].
         direction: "both", "up" (increasing slice index) or "down"; slice_range: inclusive (first, last).
+        With a box-only model (the embedded default) clicks never reach the decoder: clicks alone start the box
+        search of `SlideSAMLib.clicks`, clicks beside a box edit the box's mask (`result.prompt` says which).
         Returns a `PropagationResult` (masks of the slices written, per-slice scores, stop reasons).
         """
         if direction not in DIRECTIONS:
