@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from .errors import InputError
 from .predictor import WindowPrediction, WindowPredictor
-from .propagation import box_margin, grown_box
+from .propagation import BOX_MARGIN_MODEL_PX, grown_box, slice_pixels
 
 # Half-sides of the candidate squares, as fractions of the slice's longer side.
 BOX_FRACTIONS = tuple(0.02 * 1.25 ** n for n in range(15))
@@ -37,6 +37,12 @@ RING_MM = 3.0  # width of the ring just outside a candidate mask
 Click = Tuple[float, float, bool]  # (x, y, include) in slice pixels
 
 
+def _pixels(clicks: Sequence[Click], rows: int, cols: int) -> Tuple[List[Tuple[int, int]], List[Tuple[int, int]]]:
+    """(include, exclude) pixel indices (x, y) of the clicks, on the slice (a click on its last half pixel rounds off it)."""
+    pixel = lambda x, y: (min(max(int(round(x)), 0), cols - 1), min(max(int(round(y)), 0), rows - 1))
+    return [pixel(x, y) for x, y, inc in clicks if inc], [pixel(x, y) for x, y, inc in clicks if not inc]
+
+
 class ClickSearch:
     """Turns clicks on slice k into one `WindowPrediction` with a box-only model (see module docstring)."""
 
@@ -46,13 +52,11 @@ class ClickSearch:
         self.rows, self.cols = predictor.stack.shape[1:]
         self.disc_px = max(1.5, BAND_DISC_MM / pixel_mm)
         self.ring_px = max(1, int(round(RING_MM / pixel_mm)))
-        self.margin = box_margin(predictor.geometry)
+        self.margin = slice_pixels(predictor.geometry, BOX_MARGIN_MODEL_PX)
         self.decodes = 0  # decoder calls of the last search (for tests and the benchmark)
 
     def predict(self, k: int, clicks: Sequence[Click]) -> WindowPrediction:
-        pixel = lambda x, y: (min(max(int(round(x)), 0), self.cols - 1), min(max(int(round(y)), 0), self.rows - 1))
-        include = [pixel(x, y) for x, y, inc in clicks if inc]
-        exclude = [pixel(x, y) for x, y, inc in clicks if not inc]
+        include, exclude = _pixels(clicks, self.rows, self.cols)
         if not include:
             raise ValueError("the click search needs at least one include click")
         self.decodes = 0
@@ -118,9 +122,7 @@ def apply_clicks(pred: WindowPrediction, clicks: Sequence[Click]) -> WindowPredi
     """
     centre = (pred.logits[1] > 0).numpy()
     rows, cols = centre.shape
-    inside = lambda x, y: 0 <= x < cols and 0 <= y < rows
-    include = [(int(round(x)), int(round(y))) for x, y, inc in clicks if inc and inside(round(x), round(y))]
-    exclude = [(int(round(x)), int(round(y))) for x, y, inc in clicks if not inc and inside(round(x), round(y))]
+    include, exclude = _pixels(clicks, rows, cols)
     labels, _ = ndimage.label(centre)
     drop = np.zeros_like(centre)
     held = {labels[y, x] for x, y in include} - {0}
@@ -142,5 +144,6 @@ def apply_clicks(pred: WindowPrediction, clicks: Sequence[Click]) -> WindowPredi
     if not drop.any():
         return pred
     logits = pred.logits.clone()
-    logits[:, torch.from_numpy(drop)] = torch.clamp(logits[:, torch.from_numpy(drop)], max=-1.0)
+    cleared = torch.from_numpy(drop)
+    logits[:, cleared] = torch.clamp(logits[:, cleared], max=-1.0)
     return replace(pred, logits=logits)

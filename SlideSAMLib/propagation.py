@@ -109,7 +109,7 @@ def box_of(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
     return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
 
 
-def box_margin(geometry, model_px: float = BOX_MARGIN_MODEL_PX) -> Tuple[float, float]:
+def slice_pixels(geometry, model_px: float) -> Tuple[float, float]:
     """(x, y) slice pixels that make `model_px` pixels of the model's input."""
     rh, rw = geometry.resized
     return model_px * geometry.cols / rw, model_px * geometry.rows / rh
@@ -208,10 +208,9 @@ class Propagator:
     ):
         self.p = predictor
         self.slice_spacing_mm = float(slice_spacing_mm)
-        g = predictor.geometry
-        rh, rw = g.resized
-        self.margin = box_margin(g, box_margin_model_px)
-        self.step = (max(1, int(round(step_model_px * g.rows / rh))), max(1, int(round(step_model_px * g.cols / rw))))
+        self.margin = slice_pixels(predictor.geometry, box_margin_model_px)
+        step_x, step_y = slice_pixels(predictor.geometry, step_model_px)
+        self.step = (max(1, int(round(step_y))), max(1, int(round(step_x))))  # (rows, cols)
         self.rule = rule
         self.progress = progress or (lambda fraction, message: None)
         self.cancel = cancel or (lambda: False)

@@ -99,18 +99,18 @@ class ThreeSliceMaskDecoder(MaskDecoder):
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # [b, tokens, c']
-        per_slice = []
+
+        def slice_masks(branch):
+            up = branch(src)
+            bu, cu, hu, wu = up.shape
+            return (hyper_in @ up.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)
+
         if self._branches_identical():
             # Models made by the Slide-SAM init recipe (the embedded default) start with three equal branches:
             # one upscaling serves all three slices (the same numbers, a third of the upscaling's cost).
-            up = self.output_upscaling(src)
-            bu, cu, hu, wu = up.shape
-            per_slice = [(hyper_in @ up.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)] * SLICES
+            per_slice = [slice_masks(self.output_upscaling)] * SLICES
         else:
-            for branch in self.upscaling_branches():
-                up = branch(src)
-                bu, cu, hu, wu = up.shape
-                per_slice.append((hyper_in @ up.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu))
+            per_slice = [slice_masks(branch) for branch in self.upscaling_branches()]
         masks = torch.stack(per_slice, dim=2)
         iou_pred = self.iou_prediction_head(iou_token_out)
         return masks, iou_pred
