@@ -152,11 +152,13 @@ def _bad_inputs(tmp_path):
         "truncated-checkpoint": ([CT, *ok_box, "--checkpoint", truncated], "truncated"),
         "foreign-checkpoint": ([CT, *ok_box, "--checkpoint", foreign], "unrecognised"),
         "exclude-clicks-only": ([CT, "--negative", "50", "50", "--slice", "50"], "only exclude clicks"),
+        # every box the click search tries holds the exclude click: nothing may be written
+        "contradictory-clicks": ([CT, "--point", "60", "50", "--negative", "60", "50", "--slice", "80"], "no structure found under the click"),
     }
 
 
 CASES = ["nonexistent", "not-an-image", "2d", "4d", "box-outside", "zero-box", "slice-out-of-range", "no-prompt",
-         "missing-checkpoint", "truncated-checkpoint", "foreign-checkpoint", "exclude-clicks-only"]
+         "missing-checkpoint", "truncated-checkpoint", "foreign-checkpoint", "exclude-clicks-only", "contradictory-clicks"]
 
 
 @pytest.mark.parametrize("case", CASES)
