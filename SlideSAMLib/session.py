@@ -61,6 +61,11 @@ class Session:
             )
         return self._predictors[axis]
 
+    def stack_spacing(self, axis: int) -> Tuple[float, float, float]:
+        """(slice, row, col) voxel size in mm of the stack along `axis` (its rows and cols follow numpy order)."""
+        rows, cols = (a for a in (2, 1, 0) if a != axis)
+        return self.spacing[axis], self.spacing[rows], self.spacing[cols]
+
     @property
     def encoder_passes(self) -> int:
         return sum(p.encoder_passes for p in self._predictors.values())
@@ -165,7 +170,7 @@ class Session:
                 kind = "box+click-edits"
             if progress:
                 progress(0.0, f"slice {k} (prompt)")
-            prop = Propagator(pred, self.stop_rule, progress, cancel, slice_spacing_mm=self.spacing[ax])
+            prop = Propagator(pred, self.stack_spacing(ax), self.stop_rule, progress, cancel)
             result = prop.run(k, first, DIRECTIONS[direction], lo, hi)
             result.encoder_passes = pred.encoder_passes - passes  # the prompt's own window included
             result.prompt = kind
@@ -211,7 +216,7 @@ class Session:
             passes = pred.encoder_passes
             pred.encode([slice_index])
             first = pred.predict(slice_index, box=(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
-            prop = Propagator(pred, self.stop_rule, progress, cancel, slice_spacing_mm=self.spacing[axis])
+            prop = Propagator(pred, self.stack_spacing(axis), self.stop_rule, progress, cancel)
             result = prop.run(slice_index, first, DIRECTIONS[direction], lo, hi, fixed_start_mask=mask, largest_area=int(largest_area or 0))
             result.encoder_passes = pred.encoder_passes - passes
             result.prompt = "restart"
