@@ -15,6 +15,11 @@ from SlideSAMLib.errors import InputError
 
 # A slice view counts as aligned with a volume axis when its normal is within this angle.
 ALIGNMENT_TOLERANCE_DEGREES = 1.0
+# Without a slice view to pin it, an ROI's slice axis is its thinnest side only when that side is at most this
+# fraction of the next one.  A box placed with two clicks in Slicer is exactly as thick as its shorter in-plane side
+# (vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints, v5.8.1 / v5.10.0): ratio 1, refused; an ROI made thin on
+# purpose (a scripted one, or one resized to a slice) passes.  0.5 keeps near-ties out.
+THIN_SIDE_RATIO = 0.5
 AXIS_NAMES = "IJK"
 
 
@@ -114,10 +119,28 @@ def roi_corners_ras(roi_node) -> np.ndarray:
     roi_node.GetYAxisWorld(axes[1])
     roi_node.GetZAxisWorld(axes[2])
     if sorted(size)[1] <= 0:
-        raise InputError(f"ROI '{roi_node.GetName()}' has no area yet: drag a box around the structure on a slice view")
+        raise InputError(f"ROI '{roi_node.GetName()}' has no area yet: click two opposite corners around the structure on a slice view")
     centre, half, axes = np.array(centre), np.array(size) / 2.0, np.array(axes)
     signs = np.array([(sx, sy, sz) for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
     return centre + (signs * half) @ axes
+
+
+def roi_slice_axis(volume_node, roi_node) -> int:
+    """The IJK axis of an ROI's thinnest side (in mm, along the ROI's own axes); an ROI that does not say which of
+    two sides is its thickness, or one oblique to the voxel grid, raises InputError."""
+    size, axes = [0.0] * 3, [[0.0] * 3 for _ in range(3)]
+    roi_node.GetSizeWorld(size)
+    roi_node.GetXAxisWorld(axes[0])
+    roi_node.GetYAxisWorld(axes[1])
+    roi_node.GetZAxisWorld(axes[2])
+    order = np.argsort(size)
+    thin, second = float(size[order[0]]), float(size[order[1]])
+    if thin > THIN_SIDE_RATIO * second:
+        raise InputError(
+            f"ROI '{roi_node.GetName()}' does not show which slice it was drawn on (its two thinnest sides are {thin:.1f} and {second:.1f} mm; "
+            "a box placed with two clicks is as thick as its shorter side): show its slice in a slice view, or give the slice axis (axis=0/1/2, 'I'/'J'/'K' or a slice node)"
+        )
+    return axis_of_normal(volume_node, axes[order[0]], f"ROI '{roi_node.GetName()}'")
 
 
 def markups_points(points_node, include_default: bool = True) -> List[Tuple[np.ndarray, bool]]:
@@ -151,7 +174,7 @@ class EnginePrompt:
 
 
 def _clip_in_plane(corners: np.ndarray, dims, axis: int) -> np.ndarray:
-    """A box dragged partly off the image is kept on it (only the in-plane axes are clipped)."""
+    """A box placed partly off the image is kept on it (only the in-plane axes are clipped)."""
     out = corners.copy()
     for a in range(3):
         if a != axis:
@@ -175,17 +198,16 @@ def engine_prompt(volume_node, box=None, points=None, exclude_points=None, axis:
     """Convert a box (two RAS corners or a markups ROI) and clicks (RAS tuples or point lists) to IJK.
 
     `axis`/`index` (e.g. from the slice view the prompt was placed in) pin the slice; without them
-    the box decides: an ROI lies on the IJK axis of its thinnest extent, two corners on the axis
-    they share (the engine checks).
+    the box decides: an ROI lies on the IJK axis of its clearly thinnest side (roi_slice_axis), two
+    corners on the axis they share (the engine checks).
     """
     dims = dimensions(volume_node)
     box_ijk = None
     if box is not None:
         if _is_node(box, "vtkMRMLMarkupsROINode"):
             corners = ras_to_ijk(volume_node, roi_corners_ras(box))
-            extent = corners.max(axis=0) - corners.min(axis=0)
             if axis is None:
-                axis = int(np.argmin(extent))
+                axis = roi_slice_axis(volume_node, box)
             if index is None:
                 index = int(np.rint(corners[:, axis].mean()))
             lo, hi = corners.min(axis=0), corners.max(axis=0)

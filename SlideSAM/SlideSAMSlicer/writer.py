@@ -1,10 +1,14 @@
 """Writing propagated slices into one segment, honouring Segment Editor masking, with snapshot undo.
 
-Only the slices a run replaces change; every other slice of the segment, and every other
-segment, stays as it was — except where a Segment Editor node explicitly allows overwriting
-other segments, in which case the voxels this run adds are removed from them (Slicer's rule).
+Only the slices a run replaces change; every other slice of the segment stays as it was.  Other
+segments follow Segment Editor's overwrite mode, as Slicer applies it
+(vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap, v5.8.1 / v5.10.0): *None* leaves every other
+segment unchanged (the new one may overlap them), *Visible* removes what this run writes from the
+visible segments only, *All* from every other segment.  Without an editor node nothing is masked
+and no other segment changes.
 All arrays are numpy (k, j, i) on the volume's voxel grid (the volume is the reference geometry).
 """
+import logging
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
 
@@ -30,11 +34,34 @@ def stack_view(array: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(array, 2 - axis, 0)
 
 
-def _segment_visible(segmentation_node, segment_id: str) -> bool:
+def _visible_segment_ids(segmentation_node, segment_ids) -> List[str]:
+    """The segments shown: the segment's own visibility only, as Slicer's GenerateEditMask and overwrite rule read it
+    (a segmentation without a display node shows none)."""
     display = segmentation_node.GetDisplayNode()
     if display is None:
-        return True
-    return bool(display.GetVisibility()) and bool(display.GetSegmentVisibility(segment_id))
+        return []
+    return [sid for sid in segment_ids if display.GetSegmentVisibility(sid)]
+
+
+def editor_applies(editor_node, segmentation_node) -> bool:
+    """A Segment Editor node's settings belong to its own segmentation: they apply only when it edits this one."""
+    return editor_node is not None and editor_node.GetSegmentationNode() is segmentation_node
+
+
+def check_editor(editor_node, segmentation_node, volume_node) -> None:
+    """Refuse, in one line, editor settings that cannot be applied to this run (before anything is computed)."""
+    if not editor_applies(editor_node, segmentation_node):
+        return
+    if editor_node.GetMaskMode() == slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment:
+        mask_id = editor_node.GetMaskSegmentID()
+        if not mask_id or segmentation_node.GetSegmentation().GetSegment(mask_id) is None:
+            raise InputError("Segment Editor's editable area is 'inside a segment' but names none: pick the mask segment or set 'Everywhere'")
+    if editor_node.GetSourceVolumeIntensityMask() and editor_node.GetSourceVolumeNode() is not volume_node:
+        source = editor_node.GetSourceVolumeNode()
+        raise InputError(
+            f"Segment Editor's editable intensity range belongs to its source volume '{source.GetName() if source else 'none'}', "
+            f"not '{volume_node.GetName()}': select '{volume_node.GetName()}' as Segment Editor's source volume, or turn the intensity range off"
+        )
 
 
 @dataclass
@@ -42,16 +69,22 @@ class EditRules:
     """What an edit may change: Segment Editor's editable area, intensity range and overwrite mode."""
 
     editable: Optional[np.ndarray] = None  # bool (k, j, i); None = everywhere
-    protected: Optional[np.ndarray] = None  # bool: voxels of other segments that must not be taken
-    overwritten_ids: List[str] = field(default_factory=list)  # other segments that lose the voxels this run adds
+    overwritten_ids: List[str] = field(default_factory=list)  # other segments that lose the voxels this run writes
 
     @classmethod
     def from_editor(cls, editor_node, segmentation_node, segment_id: str, volume_node) -> "EditRules":
-        """Without an editor node, nothing is masked and no other segment is touched (overlap is allowed)."""
+        """Without an editor node, or with one that edits another segmentation, nothing is masked and no other
+        segment changes.  Editable areas follow vtkMRMLSegmentationNode::GenerateEditMask: "inside all / visible
+        segments" includes the edited segment itself, "outside" excludes it."""
         if editor_node is None:
             return cls()
+        if not editor_applies(editor_node, segmentation_node):
+            logging.info("SlideSAM: the Segment Editor edits another segmentation; its masking and overwrite settings do not apply here")
+            return cls()
+        check_editor(editor_node, segmentation_node, volume_node)
         segmentation = segmentation_node.GetSegmentation()
-        others = [sid for sid in segmentation.GetSegmentIDs() if sid != segment_id]
+        all_ids = list(segmentation.GetSegmentIDs())
+        others = [sid for sid in all_ids if sid != segment_id]
         arrays: Dict[str, np.ndarray] = {}
 
         def union(ids: Iterable[str]) -> np.ndarray:
@@ -62,38 +95,34 @@ class EditRules:
                 out |= arrays[sid]
             return out
 
-        visible = [sid for sid in others if _segment_visible(segmentation_node, sid)]
+        visible = _visible_segment_ids(segmentation_node, all_ids)
         node_class = slicer.vtkMRMLSegmentationNode
         mode = editor_node.GetMaskMode()
         editable = None
         if mode == node_class.EditAllowedInsideAllSegments:
-            editable = union(others)
+            editable = union(all_ids)
         elif mode == node_class.EditAllowedInsideVisibleSegments:
             editable = union(visible)
         elif mode == node_class.EditAllowedOutsideAllSegments:
             editable = ~union(others)
         elif mode == node_class.EditAllowedOutsideVisibleSegments:
-            editable = ~union(visible)
+            editable = ~union([sid for sid in visible if sid != segment_id])
         elif mode == node_class.EditAllowedInsideSingleSegment:
-            mask_id = editor_node.GetMaskSegmentID()
-            if not mask_id or segmentation.GetSegment(mask_id) is None:
-                raise InputError("Segment Editor's editable area is 'inside a segment' but names none: pick the mask segment or set 'Everywhere'")
-            editable = union([mask_id])
+            editable = union([editor_node.GetMaskSegmentID()])
         if editor_node.GetSourceVolumeIntensityMask():
             lo, hi = editor_node.GetSourceVolumeIntensityMaskRange()
-            in_range = (slicer.util.arrayFromVolume(volume_node) >= lo) & (slicer.util.arrayFromVolume(volume_node) <= hi)
+            voxels = slicer.util.arrayFromVolume(volume_node)
+            in_range = (voxels >= lo) & (voxels <= hi)
             editable = in_range if editable is None else editable & in_range
         overwrite = editor_node.GetOverwriteMode()
         editor_class = slicer.vtkMRMLSegmentEditorNode
-        if overwrite == editor_class.OverwriteAllSegments:
-            overwritten = others
-        elif overwrite == editor_class.OverwriteVisibleSegments:
-            overwritten = visible
-        else:
+        if overwrite == editor_class.OverwriteNone:
             overwritten = []
-        kept = [sid for sid in others if sid not in overwritten]
-        protected = union(kept) if kept else None
-        return cls(editable=editable, protected=protected, overwritten_ids=list(overwritten))
+        elif overwrite == editor_class.OverwriteVisibleSegments:
+            overwritten = [sid for sid in visible if sid != segment_id]
+        else:  # OverwriteAllSegments, and Slicer's default for any other value
+            overwritten = others
+        return cls(editable=editable, overwritten_ids=overwritten)
 
 
 @dataclass
@@ -130,36 +159,47 @@ class SegmentWriter:
         new = current.copy()
         new_stack, cur_stack = stack_view(new, axis), stack_view(current, axis)
         editable = stack_view(rules.editable, axis) if rules.editable is not None else None
-        protected = stack_view(rules.protected, axis) if rules.protected is not None else None
+        written = np.zeros(new.shape, dtype=bool)  # what this run paints: other segments it may overwrite lose it
+        written_stack = stack_view(written, axis)
         for s in sorted(set(replaced_slices)):
             mask = slice_masks.get(s)
             target = np.zeros(new_stack.shape[1:], dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-            if protected is not None:  # never take voxels of segments that may not be overwritten
-                target &= ~protected[s] | (cur_stack[s] > 0)
             if editable is not None:  # outside the editable area the segment keeps what it had
+                written_stack[s] = target & editable[s]
                 target = np.where(editable[s], target, cur_stack[s] > 0)
+            else:
+                written_stack[s] = target
             new_stack[s] = target
-        added = (new > 0) & (current == 0)
         previous = {segment_id: np.packbits(current)}
         others_new = {}
-        if added.any():
+        if written.any():
             for sid in rules.overwritten_ids:
                 other = read_segment(segmentation_node, sid, volume_node)
-                if np.any(other[added]):
+                if np.any(other[written]):
                     previous[sid] = np.packbits(other)
-                    other[added] = 0
+                    other[written] = 0
                     others_new[sid] = other
         changed = [int(s) for s in range(new_stack.shape[0]) if not np.array_equal(new_stack[s], cur_stack[s])]
-        self._push(UndoStep(segmentation_node.GetID(), previous, current.shape, segment_id if created_segment else None, volume_node.GetID()))
+        writes = ([(segment_id, new)] if changed else []) + list(others_new.items())
+        done = []
         was_modifying = segmentation_node.StartModify()
         try:
-            if changed:
-                write_segment(new, segmentation_node, segment_id, volume_node)
-            for sid, array in others_new.items():
+            for sid, array in writes:
                 write_segment(array, segmentation_node, sid, volume_node)
+                done.append(sid)
+        except Exception:
+            for sid in done:  # all or nothing: put back what was already written, then report
+                size = int(np.prod(current.shape))
+                write_segment(np.unpackbits(previous[sid], count=size).reshape(current.shape), segmentation_node, sid, volume_node)
+            raise
         finally:
             segmentation_node.EndModify(was_modifying)
+        self._push(UndoStep(segmentation_node.GetID(), previous, current.shape, segment_id if created_segment else None, volume_node.GetID()))
         return changed
+
+    def clear(self) -> None:
+        """Forget every undo step (a new scene reuses node IDs)."""
+        self._undo.clear()
 
     def _push(self, step: UndoStep) -> None:
         steps = self._undo.setdefault(step.segmentation_id, [])

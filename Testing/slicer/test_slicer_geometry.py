@@ -103,3 +103,50 @@ def test_box_dragged_off_the_image_is_clipped(volume):
     corners = geometry.ijk_to_ras(volume, [[-30, 10, 5], [40, 200, 5]])
     prompt = geometry.engine_prompt(volume, box=corners)
     np.testing.assert_allclose(prompt.box_ijk, [[-0.5, 10, 5], [40, 100.5, 5]])
+
+
+def two_click_roi(mrml, volume, ijk_a, ijk_b):
+    """An ROI placed as Slicer places one: two control points (opposite corners on one slice), which the real
+    vtkMRMLMarkupsROINode turns into a box as thick as its shorter side and one centre point."""
+    roi = mrml.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "two clicks")
+    for corner in geometry.ijk_to_ras(volume, [ijk_a, ijk_b]):
+        roi.AddControlPointWorld(*corner)
+    return roi
+
+
+@pytest.fixture
+def grid(mrml, volume):
+    """The CT's voxels on a grid aligned with RAS, isotropic (1 mm) or with 5 mm slices."""
+    def make(spacing):
+        node = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"grid {spacing}")
+        node.SetAndObserveImageData(volume.GetImageData())
+        node.SetSpacing(*spacing)
+        return node
+    return make
+
+
+@pytest.mark.parametrize("spacing, corners, axis", [
+    ((1.0, 1.0, 1.0), ([20, 30, 50], [60, 50, 50]), 2),  # axial, isotropic: K and J sides both 20 mm
+    ((0.8, 0.8, 5.0), ([20, 40, 10], [70, 40, 14]), 1),  # coronal, 5 mm slices: its IJK extent is thinnest along K
+])
+def test_a_two_click_roi_without_its_view_is_refused_not_guessed(mrml, grid, spacing, corners, axis):
+    node = grid(spacing)
+    roi = two_click_roi(mrml, node, *corners)
+    size = [0.0] * 3
+    roi.GetSizeWorld(size)
+    assert roi.GetNumberOfControlPoints() == 1 and sorted(size)[0] == sorted(size)[1]  # Slicer's two-click box
+    with pytest.raises(InputError, match="does not show which slice it was drawn on") as raised:
+        geometry.engine_prompt(node, box=roi)
+    assert "\n" not in str(raised.value)
+    # With the view it was drawn on, the same ROI is fine: that view decides.
+    prompt = geometry.engine_prompt(node, box=roi, axis=axis, index=corners[0][axis])
+    lo, hi = np.array(prompt.box_ijk)
+    np.testing.assert_allclose([lo, hi], [np.minimum(*corners), np.maximum(*corners)], atol=1e-6)
+
+
+def test_a_thin_roi_gives_its_thinnest_side_in_mm(mrml, grid):
+    node = grid((0.8, 0.8, 5.0))
+    roi = mrml.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "thin in y")
+    roi.SetCenterWorld(*geometry.ijk_to_ras(node, [[40, 40, 10]])[0])
+    roi.SetSizeWorld(40.0, 8.0, 20.0)  # 8 mm thick along A-P; in voxels that is 10 along J, 4 along K
+    assert geometry.engine_prompt(node, box=roi).axis == 1

@@ -63,3 +63,67 @@ def test_extension_metadata():
     screenshot = re.search(r'EXTENSION_SCREENSHOTURLS "[^"]*/main/([^"]+)"', text).group(1)
     icon = re.search(r'EXTENSION_ICONURL "[^"]*/main/([^"]+)"', text).group(1)
     assert (ROOT / screenshot).is_file() and (ROOT / icon).is_file()
+
+
+# The Extensions Index entry (Slicer 5.8+ catalogs extensions as one JSON file each). The schema is Slicer's own
+# Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json (identical at v5.8.1 and v5.10.0), copied into Testing/slicer/data.
+SCHEMA = Path(__file__).resolve().parent / "data" / "slicer-extension-catalog-entry-schema-v1.0.1.json"
+# Utilities/Templates/Extensions/Default/CMakeLists.txt of Slicer v5.10.0 (v5.8.1's template still says 3.16.3...3.19.7).
+TEMPLATE_CMAKE_RANGE = "3.20.6...3.22.6"
+
+
+def schema_errors(entry, schema):
+    """What the flat catalog-entry schema rejects in `entry` (required keys, no extra keys, types, enum, range)."""
+    types = {"string": str, "array": list, "boolean": bool, "integer": int, "object": dict}
+    errors = [f"missing {key}" for key in schema["required"] if key not in entry]
+    for key, value in entry.items():
+        spec = schema["properties"].get(key)
+        if spec is None:
+            errors.append(f"unknown key {key}")
+            continue
+        if not isinstance(value, types[spec["type"]]) or (spec["type"] == "integer" and isinstance(value, bool)):
+            errors.append(f"{key} is not a {spec['type']}")
+            continue
+        if "enum" in spec and value not in spec["enum"]:
+            errors.append(f"{key} not in {spec['enum']}")
+        if spec["type"] == "integer" and not spec.get("minimum", value) <= value <= spec.get("maximum", value):
+            errors.append(f"{key} out of range")
+        if spec["type"] == "array" and not all(isinstance(v, types[spec["items"]["type"]]) for v in value):
+            errors.append(f"{key} items are not {spec['items']['type']}")
+    return errors
+
+
+def cmake_value(text, name):
+    return re.search(r"set\(" + name + r' "?([^")]*)"?\)', text).group(1).strip()
+
+
+def test_extensions_index_entry_follows_slicers_schema_and_the_cmake_metadata():
+    import json
+
+    schema = json.loads(SCHEMA.read_text())
+    entry = json.loads((ROOT / "SlideSAM.json").read_text())
+    assert schema_errors(entry, schema) == []
+    assert entry["$schema"].split("/")[-1].rstrip("#") == SCHEMA.name  # a schema Slicer 5.8 and 5.10 ship
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    s4ext = dict(line.split(" ", 1) for line in (ROOT / "SlideSAM.s4ext").read_text().splitlines() if line and not line.startswith("#"))
+    assert entry["category"] == cmake_value(cmake, "EXTENSION_CATEGORY") == s4ext["category"]
+    assert entry["build_dependencies"] == cmake_value(cmake, "EXTENSION_DEPENDS").split() == s4ext["depends"].split()
+    assert entry["build_subdirectory"] == cmake_value(cmake, "EXTENSION_BUILD_SUBDIRECTORY") == s4ext["build_subdirectory"]
+    assert entry["scm_url"] == s4ext["scmurl"] and entry["scm_revision"] == s4ext["scmrevision"]
+
+
+def test_the_schema_check_catches_a_bad_entry():
+    import json
+
+    schema = json.loads(SCHEMA.read_text())
+    entry = json.loads((ROOT / "SlideSAM.json").read_text())
+    assert schema_errors({k: v for k, v in entry.items() if k != "scm_url"}, schema) == ["missing scm_url"]
+    assert schema_errors({**entry, "homepage": "x"}, schema) == ["unknown key homepage"]  # the index takes no metadata
+    assert schema_errors({**entry, "tier": 9}, schema) == ["tier out of range"]
+    assert schema_errors({**entry, "build_dependencies": "PyTorch"}, schema) == ["build_dependencies is not a array"]
+
+
+def test_cmake_minimum_range_is_the_extension_templates():
+    for path in (ROOT / "CMakeLists.txt",):
+        match = re.search(r"cmake_minimum_required\(VERSION (\S+) FATAL_ERROR\)", path.read_text())
+        assert match and match.group(1) == TEMPLATE_CMAKE_RANGE, path
