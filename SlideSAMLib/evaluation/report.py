@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+
 RUN_COLUMNS = ("dice", "surface_dice_2mm", "hd95_mm", "extent_pred", "extent_true", "encoder_passes", "seconds")
 
 
@@ -67,12 +69,21 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "structure"
 
 
-def figure(case, result: dict, fig_data: dict, path: Path) -> Path:
-    """Prompt slice with the prompt, propagated contours on a few slices, and the per-slice Dice curve."""
-    import matplotlib
-
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend; matplotlib is optional (the `eval` extra)."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise InputError("the eval figures need matplotlib: pip install 'slidesam[eval]' (or matplotlib), or add --no-figures") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure(case, result: dict, fig_data: dict, path: Path) -> Path:
+    """Prompt slice with the prompt, propagated contours on a few slices, and the per-slice Dice curve."""
+    plt = pyplot()
 
     truth, pred, k0 = fig_data["truth"], fig_data["box_pred"], fig_data["k0"]
     ks = np.nonzero(truth.reshape(truth.shape[0], -1).any(axis=1) | pred.reshape(pred.shape[0], -1).any(axis=1))[0]

