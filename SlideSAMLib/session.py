@@ -14,7 +14,7 @@ from .cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 from .checkpoint import SlideSAMModel
 from .clicks import ClickSearch, apply_clicks
 from .errors import InputError
-from .predictor import WindowPredictor
+from .predictor import WindowPredictor, new_cache_owner
 from .preprocess import detect_modality, normalisation_for
 from .propagation import CancelFn, ProgressFn, PropagationResult, Propagator, StopRule, box_of
 
@@ -48,6 +48,7 @@ class Session:
         self.shape_ijk = tuple(reversed(volume.shape))  # (ni, nj, nk)
         self.modality = detect_modality(volume) if modality == "auto" else modality
         self.cache = cache if cache is not None else EmbeddingCache(cache_bytes)
+        self.cache_owner = new_cache_owner()  # this session's windows in a shared cache
         self.stop_rule = stop_rule or StopRule()
         self._normalisation = normalisation_for(volume, model.spec.preprocessing, self.modality)
         self._predictors = {}
@@ -57,7 +58,7 @@ class Session:
     def predictor(self, axis: int) -> WindowPredictor:
         if axis not in self._predictors:
             self._predictors[axis] = WindowPredictor(
-                self.model, self.volume, axis, self.modality, cache=self.cache, cache_key=id(self), normalisation=self._normalisation
+                self.model, self.volume, axis, self.modality, cache=self.cache, cache_owner=self.cache_owner, normalisation=self._normalisation
             )
         return self._predictors[axis]
 
