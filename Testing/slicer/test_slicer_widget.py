@@ -206,27 +206,39 @@ def test_a_checkpoint_folder_can_be_chosen(gui, tmp_path):
 
 
 def test_a_box_is_placed_once_even_after_placing_points(gui):
-    assert gui.ui.boxPlaceWidget.placeMultipleMarkups == PlaceWidget.ForcePlaceSingleMarkup
-    shortcut(gui, "placeInclude").press()
+    ui = gui.ui
+    assert ui.boxPlaceWidget.placeMultipleMarkups == PlaceWidget.ForcePlaceSingleMarkup
+    ui.includePointsSelector.setCurrentNode(gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include"))
+    ui.includePlaceWidget.setPlaceModeEnabled(True)  # the user clicks the place button beside the include points
     assert gui.interaction.GetPlaceModePersistence()  # many include points per placement
-    shortcut(gui, "placeBox").press()
-    assert gui.ui.boxPlaceWidget.placeModeEnabled and not gui.interaction.GetPlaceModePersistence()
-    c0, c1 = gui.ct.box_ras
-    roi = place_with_two_clicks(gui, c0, c1)
-    assert roi is gui.ui.boxSelector.currentNode()
+    ui.boxSelector.setCurrentNode(gui.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box"))
+    ui.boxPlaceWidget.setPlaceModeEnabled(True)  # then the one beside the box
+    assert ui.boxPlaceWidget.placeModeEnabled and not gui.interaction.GetPlaceModePersistence()
+    roi = place_with_two_clicks(gui, *gui.ct.box_ras)
+    assert roi is ui.boxSelector.currentNode()
     assert gui.interaction.GetCurrentInteractionMode() == gui.interaction.ViewTransform  # no third click starts another ROI
 
 
-def test_drawing_a_new_box_replaces_the_box_propagate_uses(gui, monkeypatch):
+@pytest.mark.parametrize("how", ["place button", "shortcut"])
+def test_drawing_a_new_box_replaces_the_box_propagate_uses(gui, monkeypatch, how):
     ui, ct = gui.ui, gui.ct
     new_segmentation(gui, "new box")
     show_slice(gui, ct.k)
-    shortcut(gui, "placeBox").press()
+
+    def place_box():
+        if how == "shortcut":
+            shortcut(gui, "placeBox").press()
+        else:
+            ui.boxPlaceWidget.setPlaceModeEnabled(True)
+
+    if how == "place button":
+        ui.boxSelector.setCurrentNode(gui.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "SlideSAM box"))
+    place_box()
     first = place_with_two_clicks(gui, *ct.box_ras)
     assert first is ui.boxSelector.currentNode() and first.GetName() == "SlideSAM box"
     (i0, j0, _), (i1, j1, _) = ct.box_ijk
     corners = [ras_of(ct, (i0 + 5, j0 + 4, ct.k)), ras_of(ct, (i1 - 3, j1 - 6, ct.k))]  # the annotator draws a tighter box
-    shortcut(gui, "placeBox").press()
+    place_box()
     second = place_with_two_clicks(gui, *corners)
     assert second is not first  # Slicer made a new ROI: the first one keeps its single control point
     assert ui.boxSelector.currentNode() is second and ui.boxPlaceWidget.currentNode() is second
