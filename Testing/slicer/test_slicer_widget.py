@@ -173,6 +173,22 @@ def test_shortcuts_act_only_while_the_module_is_shown(gui, monkeypatch, main_win
     assert gui.ui.boxSelector.currentNode() is None and widget._shortcuts == []
 
 
+def test_every_shortcut_runs_its_own_action(gui, monkeypatch):
+    widget, ui, ran = gui.widget, gui.ui, []
+    widget.exit()
+    for method in ("onPropagate", "onRestart", "onCancel", "onUndo"):
+        monkeypatch.setattr(widget, method, lambda method=method: ran.append(method))
+    monkeypatch.setattr(widget, "startPlacing", lambda placeWidget, selector, className, name: ran.append((placeWidget.name, selector.name, className)))
+    widget.enter()
+    for name, _, _ in SHORTCUTS:
+        shortcut(gui, name).press()
+    assert ran == [("boxPlaceWidget", "boxSelector", "vtkMRMLMarkupsROINode"),
+                   ("includePlaceWidget", "includePointsSelector", "vtkMRMLMarkupsFiducialNode"),
+                   ("excludePlaceWidget", "excludePointsSelector", "vtkMRMLMarkupsFiducialNode"),
+                   "onPropagate", "onRestart", "onCancel", "onUndo"]
+    assert [name for name, _, _ in SHORTCUTS] == ["placeBox", "placeInclude", "placeExclude", "propagate", "restart", "cancel", "undo"]
+
+
 def test_settings_are_kept_by_stable_keys_and_the_api_key_stays_out(gui):
     ui, node = gui.ui, gui.widget.logic.getParameterNode()
     ui.directionComboBox.currentIndex = ui.directionComboBox.findText("down")
