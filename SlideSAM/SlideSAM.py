@@ -204,6 +204,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._background = self._job = None
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = f"cancelled: {reason}; nothing was written"
+            self.updateButtons()
 
     def onSceneStartClose(self, caller, event):
         self._abandonRun("the scene was closed")
@@ -438,7 +439,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 else:
                     logging.error(background.error_trace)
                     slicer.util.errorDisplay(f"SlideSAM failed: {background.error}", windowTitle="SlideSAM", detailedText=background.error_trace)
-                self.ui.statusLabel.text = "failed"
+                self.ui.statusLabel.text = "failed: nothing was written"
                 return
             self._applyFinished(job)
         finally:
