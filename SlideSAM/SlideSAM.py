@@ -6,6 +6,7 @@ The engine is SlideSAMLib (no Slicer, no Qt); SlideSAMSlicer holds the MRML-side
 import logging
 import os
 import sys
+import traceback
 
 import numpy as np
 import qt
@@ -34,7 +35,7 @@ from SlideSAMLib.errors import InputError, SlideSAMError  # noqa: E402  (light: 
 from SlideSAMSlicer import geometry  # noqa: E402
 from SlideSAMSlicer.logic import DEFAULT_SEGMENT_NAME, DIRECTIONS, SlideSAMLogic  # noqa: E402,F401  (re-exported: the scripting API)
 from SlideSAMSlicer.shortcuts import SHORTCUTS, shortcuts_help_html  # noqa: E402
-from SlideSAMSlicer.writer import read_segment  # noqa: E402
+from SlideSAMSlicer.writer import check_editor, read_segment  # noqa: E402
 
 
 #
@@ -48,7 +49,8 @@ class SlideSAM(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SlideSAM contributors"]
         self.parent.helpText = (
-            "<p>Prompt-driven 3D segmentation: draw a box (and optionally include / exclude points) on one slice of any "
+            "<p>Prompt-driven 3D segmentation: place a box (click two opposite corners; a new box replaces the one used), "
+            "optionally include / exclude points, on one slice of any "
             "slice view aligned with the volume, press <b>Propagate</b>, and a three-slice Segment-Anything model follows "
             "the structure slice by slice into the selected segment. Fix a slice with Segment Editor, then "
             "<b>Restart from this slice</b> to propagate again from the correction (only that side is replaced). "
@@ -75,6 +77,12 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     POLL_MS = 100
     SOURCE_EMBEDDED, SOURCE_CHECKPOINT, SOURCE_SERVER = range(3)  # model source combo box entries
+    # combo box -> the stable key of each entry, in the .ui's order: what the parameter node stores (not the shown text)
+    COMBO_KEYS = {
+        "directionComboBox": DIRECTIONS,
+        "modelSourceComboBox": ("embedded", "checkpoint", "server"),
+        "deviceComboBox": ("auto", "cpu", "cuda", "mps"),
+    }
     # parameter node key -> (ui widget name, kind)
     SETTINGS = {
         "Direction": ("directionComboBox", "combo"),
@@ -106,6 +114,8 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._shortcuts = []
         self._promptView = None
+        self._selectionNode = None
+        self._activePlaceNodeID = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -118,6 +128,8 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.boxPlaceWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.includePlaceWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.excludePlaceWidget.setMRMLScene(slicer.mrmlScene)
+        # One box per placement (persistence off: a second click does not start another ROI); many points per list.
+        self.ui.boxPlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
         self.ui.includePlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         self.ui.excludePlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         self._timer = qt.QTimer()
@@ -143,40 +155,67 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
         self.ui.apiKeyLineEdit.text = os.environ.get("SLIDESAM_API_KEY", "")
 
-        actions = {"placeBox": lambda: self.startPlacing(self.ui.boxPlaceWidget, self.ui.boxSelector, "vtkMRMLMarkupsROINode", "SlideSAM box"),
-                   "placeInclude": lambda: self.startPlacing(self.ui.includePlaceWidget, self.ui.includePointsSelector, "vtkMRMLMarkupsFiducialNode", "SlideSAM include"),
-                   "placeExclude": lambda: self.startPlacing(self.ui.excludePlaceWidget, self.ui.excludePointsSelector, "vtkMRMLMarkupsFiducialNode", "SlideSAM exclude"),
-                   "propagate": self.onPropagate, "restart": self.onRestart, "cancel": self.onCancel, "undo": self.onUndo}
-        for name, key, _text in SHORTCUTS:
-            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
-            shortcut.connect("activated()", actions[name])
-            self._shortcuts.append(shortcut)
-
+        self._selectionNode = slicer.app.applicationLogic().GetSelectionNode()
+        self._activePlaceNodeID = self._selectionNode.GetActivePlaceNodeID()
+        self.addObserver(self._selectionNode, self._selectionNode.ActivePlaceNodeIDChangedEvent, self.onActivePlaceNodeChanged)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
         self.updateButtons()
 
     def cleanup(self):
-        self.onCancel()
-        if self._timer is not None:
-            self._timer.stop()
-        for shortcut in self._shortcuts:
-            shortcut.setParent(None)
-        self._shortcuts = []
+        self._abandonRun("the module was closed")
+        self.uninstallShortcuts()
         self.removeObservers()
 
-    # -- parameter node (plain get/set: works in every Slicer 5 version) ------------------
+    # -- shortcuts: active only while the module is shown (Slicer calls enter / exit), as Segment Editor does ----
+    def installShortcuts(self):
+        self.uninstallShortcuts()
+        actions = {"placeBox": lambda: self.startPlacing(self.ui.boxPlaceWidget, self.ui.boxSelector, "vtkMRMLMarkupsROINode", "SlideSAM box"),
+                   "placeInclude": lambda: self.startPlacing(self.ui.includePlaceWidget, self.ui.includePointsSelector, "vtkMRMLMarkupsFiducialNode", "SlideSAM include"),
+                   "placeExclude": lambda: self.startPlacing(self.ui.excludePlaceWidget, self.ui.excludePointsSelector, "vtkMRMLMarkupsFiducialNode", "SlideSAM exclude"),
+                   "propagate": self.onPropagate, "restart": self.onRestart, "cancel": self.onCancel, "undo": self.onUndo}
+        parent = slicer.util.mainWindow() or self.parent  # Slicer started with --no-main-window: the module panel
+        for name, key, _text in SHORTCUTS:
+            shortcut = qt.QShortcut(qt.QKeySequence(key), parent)
+            shortcut.connect("activated()", actions[name])
+            self._shortcuts.append(shortcut)
+
+    def uninstallShortcuts(self):
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+            shortcut.deleteLater()
+        self._shortcuts = []
+
+    def enter(self):
+        self.installShortcuts()
+        self.initializeParameterNode()
+
+    def exit(self):
+        self.uninstallShortcuts()
+
+    # -- scene close: nothing may be written into the closing scene, nothing kept under its node IDs -------------
+    def _abandonRun(self, reason):
+        """Stop following a running job: it is cancelled and its result dropped unwritten."""
+        if self._timer is not None:
+            self._timer.stop()
+        if self._background is not None:
+            self._background.cancel()
+            self._background = self._job = None
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = f"cancelled: {reason}; nothing was written"
+            self.updateButtons()
+
     def onSceneStartClose(self, caller, event):
-        self.onCancel()
+        self._abandonRun("the scene was closed")
+        self.logic.clearState()
+        self._promptView = None
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
+        self._activePlaceNodeID = self._selectionNode.GetActivePlaceNodeID() if self._selectionNode else None
         if self.parent.isEntered:
             self.initializeParameterNode()
-
-    def enter(self):
-        self.initializeParameterNode()
 
     def initializeParameterNode(self):
         node = self.logic.getParameterNode()
@@ -209,7 +248,11 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if not value:
                     continue
                 if kind == "combo":
-                    widget.currentIndex = max(0, widget.findText(value))
+                    keys = self.COMBO_KEYS[name]
+                    if value in keys:
+                        widget.currentIndex = keys.index(value)
+                    else:
+                        logging.warning(f"SlideSAM: ignoring saved {key} '{value}' (not one of {', '.join(keys)})")
                 elif kind == "check":
                     widget.checked = value == "true"
                 elif kind == "spin":
@@ -232,11 +275,15 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node.SetParameter("SegmentID", self.ui.segmentSelector.currentSegmentID() or "")
         for key, (name, kind) in self.SETTINGS.items():
             widget = getattr(self.ui, name)
-            value = {"combo": lambda: widget.currentText, "check": lambda: "true" if widget.checked else "false",
+            value = {"combo": lambda: self._comboKey(name), "check": lambda: "true" if widget.checked else "false",
                      "spin": lambda: str(widget.value), "path": lambda: widget.currentPath, "text": lambda: widget.text}[kind]()
             node.SetParameter(key, value)
         node.EndModify(wasModifying)
         self.updateButtons()
+
+    def _comboKey(self, name):
+        keys, index = self.COMBO_KEYS[name], getattr(self.ui, name).currentIndex
+        return keys[index] if 0 <= index < len(keys) else ""
 
     def updateButtons(self):
         busy = self._background is not None
@@ -264,6 +311,23 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         placeWidget.setCurrentNode(selector.currentNode())
         placeWidget.setPlaceModeEnabled(True)
 
+    def onActivePlaceNodeChanged(self, caller, event):
+        """Follow a markups node Slicer creates while one of the prompts is being placed.
+
+        An ROI keeps one control point once placed; placing again makes Slicer's markups displayable manager add a
+        new ROI node and make it the active place node (vtkMRMLMarkupsDisplayableManager::GetWidgetForPlacement).
+        The prompt selectors follow it, as the Markups module's own panel does, so Propagate uses the box just drawn.
+        """
+        previous, self._activePlaceNodeID = self._activePlaceNodeID, caller.GetActivePlaceNodeID()
+        node = slicer.mrmlScene.GetNodeByID(self._activePlaceNodeID) if self._activePlaceNodeID else None
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        if node is None or not previous or interaction is None or interaction.GetCurrentInteractionMode() != interaction.Place:
+            return
+        for selector in (self.ui.boxSelector, self.ui.includePointsSelector, self.ui.excludePointsSelector):
+            current = selector.currentNode()
+            if current is not None and current.GetID() == previous and current is not node and node.GetClassName() == current.GetClassName():
+                selector.setCurrentNode(node)
+
     def _sliceNodes(self):
         layoutManager = slicer.app.layoutManager()
         return [layoutManager.sliceWidget(name).mrmlSliceNode() for name in layoutManager.sliceViewNames()]
@@ -277,50 +341,71 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.setModelSource(server=self.ui.serverUrlLineEdit.text, apiKey=self.ui.apiKeyLineEdit.text)
         else:
             self.logic.setModelSource(self.ui.checkpointPathLineEdit.currentPath if source == self.SOURCE_CHECKPOINT else None,
-                                      self.ui.deviceComboBox.currentText)
+                                      self._comboKey("deviceComboBox"))
 
     def onTestConnection(self):
+        # slicer.util.tryWithErrorDisplay shows the error and re-raises it: the label is set whatever happens.
         self.ui.statusLabel.text = "connecting..."
         message = "no connection to the server"
-        with slicer.util.tryWithErrorDisplay("SlideSAM cannot use the server", waitCursor=True):
-            self._applyModelSource()
-            message = self.logic.testConnection()
-        self.ui.statusLabel.text = message
+        try:
+            with slicer.util.tryWithErrorDisplay("SlideSAM cannot use the server", waitCursor=True):
+                self._applyModelSource()
+                message = self.logic.testConnection()
+        finally:
+            self.ui.statusLabel.text = message
 
     def _options(self):
         self._applyModelSource()
         sliceRange = (self.ui.firstSliceSpinBox.value, self.ui.lastSliceSpinBox.value) if self.ui.sliceRangeCheckBox.checked else None
         editor = slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode") if self.ui.editorMaskingCheckBox.checked else None
-        return self.ui.directionComboBox.currentText, sliceRange, editor
+        return self._comboKey("directionComboBox"), sliceRange, editor
+
+    def _startOrReport(self, title, prepare):
+        """Prepare a job and start it; a mistake is shown (tryWithErrorDisplay re-raises it to the console) and the
+        panel still says that nothing started."""
+        started = False
+        try:
+            with slicer.util.tryWithErrorDisplay(title, waitCursor=True):
+                started = self._start(prepare())
+        finally:
+            if not started:
+                self.ui.progressBar.value = 0
+                self.ui.statusLabel.text = "not started"
+            self.updateButtons()
 
     def onPropagate(self):
         if self._background is not None:
             return
-        with slicer.util.tryWithErrorDisplay("SlideSAM could not start", waitCursor=True):
+
+        def prepare():
             volume, segmentation = self.ui.inputVolumeSelector.currentNode(), self.ui.segmentationSelector.currentNode()
             box, include, exclude = self.ui.boxSelector.currentNode(), self.ui.includePointsSelector.currentNode(), self.ui.excludePointsSelector.currentNode()
             direction, sliceRange, editor = self._options()
             axis, index, view = geometry.pick_prompt_view(volume, self._sliceNodes(), box, include, exclude) if volume else (None, None, None)
             self._promptView = view
-            job = self.logic.prepareSegment(volume, segmentation, self.ui.segmentSelector.currentSegmentID() or None, box=box, points=include,
-                                            excludePoints=exclude, direction=direction, sliceRange=sliceRange, axis=axis, sliceIndex=index, editorNode=editor)
-            self._start(job)
+            return self.logic.prepareSegment(volume, segmentation, self.ui.segmentSelector.currentSegmentID() or None, box=box, points=include,
+                                             excludePoints=exclude, direction=direction, sliceRange=sliceRange, axis=axis, sliceIndex=index, editorNode=editor)
+
+        self._startOrReport("SlideSAM could not start", prepare)
 
     def onRestart(self):
         if self._background is not None:
             return
-        with slicer.util.tryWithErrorDisplay("SlideSAM could not restart", waitCursor=True):
+
+        def prepare():
             volume, segmentation = self.ui.inputVolumeSelector.currentNode(), self.ui.segmentationSelector.currentNode()
             direction, sliceRange, editor = self._options()
             view = self._promptView or slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
             axis, index = geometry.slice_view_axis_and_index(volume, view)
-            job = self.logic.prepareRestart(volume, segmentation, self.ui.segmentSelector.currentSegmentID(), index, axis=axis,
-                                            direction=direction, sliceRange=sliceRange, editorNode=editor)
-            self._start(job)
+            return self.logic.prepareRestart(volume, segmentation, self.ui.segmentSelector.currentSegmentID(), index, axis=axis,
+                                             direction=direction, sliceRange=sliceRange, editorNode=editor)
+
+        self._startOrReport("SlideSAM could not restart", prepare)
 
     def _start(self, job):
+        check_editor(job.editor_node, job.segmentation_node, job.volume_node)  # refused now rather than after the run
         if not self.logic.ensureDependencies():
-            return
+            return False
         from SlideSAMSlicer.worker import BackgroundJob
 
         self._job = job
@@ -329,12 +414,16 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "running"
         self._timer.start()
         self.updateButtons()
+        return True
 
     def onCancel(self):
         if self._background is not None:
             self._background.cancel()
 
     def onPoll(self):
+        if self._background is None:  # a tick queued before the run was abandoned
+            self._timer.stop()
+            return
         done, fraction, message = self._background.poll()
         self.ui.progressBar.value = int(round(100 * fraction))
         self.ui.statusLabel.text = message
@@ -350,19 +439,38 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 else:
                     logging.error(background.error_trace)
                     slicer.util.errorDisplay(f"SlideSAM failed: {background.error}", windowTitle="SlideSAM", detailedText=background.error_trace)
-                self.ui.statusLabel.text = "failed"
+                self.ui.statusLabel.text = "failed: nothing was written"
                 return
-            report = self.logic.applyJob(job)
-            self.ui.segmentSelector.setCurrentSegmentID(report.segmentId)
-            self.ui.progressBar.value = 100
-            self.ui.statusLabel.text = report.summary()
+            self._applyFinished(job)
         finally:
             self.updateButtons()
 
+    def _applyFinished(self, job):
+        """Write a finished job; if that fails, say so and that nothing was written (the writer is all-or-nothing)."""
+        try:
+            if job.segmentation_node.GetScene() is None or job.volume_node.GetScene() is None:
+                raise InputError("the volume or segmentation of this run was removed from the scene")
+            report = self.logic.applyJob(job)
+        except Exception as exc:  # noqa: BLE001 - shown to the user with its trace, then the panel is left consistent
+            trace = traceback.format_exc()
+            if not isinstance(exc, SlideSAMError):
+                logging.error(trace)
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = "failed: nothing was written"
+            slicer.util.errorDisplay(f"SlideSAM could not write the result, nothing was written: {exc}", windowTitle="SlideSAM", detailedText=trace)
+            return
+        self.ui.segmentSelector.setCurrentSegmentID(report.segmentId)
+        self.ui.progressBar.value = 100
+        self.ui.statusLabel.text = report.summary()
+
     def onUndo(self):
-        if self._background is None:
+        if self._background is not None:
+            return
+        self.ui.statusLabel.text = "undo failed"
+        try:
             with slicer.util.tryWithErrorDisplay("SlideSAM could not undo"):
                 self.ui.statusLabel.text = "last run undone" if self.logic.undo(self.ui.segmentationSelector.currentNode()) else "nothing to undo"
+        finally:
             self.updateButtons()
 
 

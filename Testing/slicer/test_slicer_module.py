@@ -21,12 +21,8 @@ def test_module_metadata_and_help_lists_every_shortcut():
     assert len({key for _, key, _ in SHORTCUTS}) == len(SHORTCUTS)
     assert {name for name, _, _ in SHORTCUTS} == {"placeBox", "placeInclude", "placeExclude", "propagate", "restart", "cancel", "undo"}
     assert "2311.10121" in parent.acknowledgementText and "MIDL 2024" in parent.acknowledgementText
-
-
-def test_widget_binds_an_action_to_every_shortcut():
-    source = open(SlideSAM.__file__).read()
-    for name, _, _ in SHORTCUTS:
-        assert f'"{name}":' in source
+    # Slicer places an ROI with two clicks (on release), not a drag (vtkSlicerROIWidget / vtkMRMLMarkupsROINode).
+    assert "drag" not in parent.helpText.lower() and "two opposite corners" in parent.helpText
 
 
 def test_no_install_when_everything_is_present(monkeypatch):

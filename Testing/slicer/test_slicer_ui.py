@@ -61,3 +61,13 @@ def test_ui_loads_offscreen_and_has_every_name_the_code_uses():
     assert [directions.itemText(i) for i in range(directions.count())] == ["both", "up", "down"]
     assert root.findChild(QWidget, "deviceComboBox").itemText(0) == "auto"
     del app
+
+
+def test_prompt_help_and_checkpoint_filter_match_slicer():
+    """A box is two clicks, not a drag; the checkpoint path takes folders too (a ctkPathLineEdit name filter such as
+    '*.pth' makes its validator refuse any path without that extension, folders included)."""
+    tree = ET.parse(UI)
+    widgets = {w.get("name"): w for w in tree.iter("widget")}
+    tips = " ".join(t.text or "" for w in widgets.values() for p in w.findall("property") if p.get("name") == "toolTip" for t in p.iter("string"))
+    assert "drag" not in tips.lower() and "opposite corner" in widgets["boxPlaceWidget"].findtext("property/string")
+    assert [p for p in widgets["checkpointPathLineEdit"].findall("property") if p.get("name") == "nameFilters"] == []

@@ -1,7 +1,9 @@
 """The module's widget driven as an annotator would: select nodes, place a box, press Propagate, restart
-from a corrected slice, undo, cancel, and mistakes. Real widget code, real logic, real MRML (slicer-core)
-and a real CT; only the Qt widgets of SlideSAM.ui are stand-ins (Testing/slicer/standins/uiwidgets.py),
-built from the .ui file itself, and the run is polled by firing the widget's timer by hand.
+from a corrected slice, undo, cancel, close the scene, and mistakes. Real widget code, real logic, real MRML
+(slicer-core: markups, selection and interaction nodes, the markups logic) and a real CT; only the Qt widgets of
+SlideSAM.ui are stand-ins (Testing/slicer/standins/uiwidgets.py), built from the .ui file itself, and the run is polled
+by firing the widget's timer by hand.  Each test builds its own panel (setup, then enter, as Slicer shows a module)
+and its own prompt and segmentation: any one of them runs alone.
 """
 import time
 import types
@@ -10,31 +12,32 @@ import numpy as np
 import pytest
 import qt
 import slicer
-from uiwidgets import load_ui
+from uiwidgets import PlaceWidget, load_ui
 
 import SlideSAM
+from SlideSAMLib.errors import InputError
+from SlideSAMSlicer import geometry
 from SlideSAMSlicer.shortcuts import SHORTCUTS
-from SlideSAMSlicer.writer import read_segment
+from SlideSAMSlicer.writer import EditRules, read_segment
 from slicer_data import dice, lps_to_ras
 
 RANGE = 4  # slices each side of the prompt: keeps the encoder cost of this module small
+ORIENTATIONS = (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal"))
 
 
 @pytest.fixture(scope="module")
-def gui(mrml, data_dir, slidesam_model):
+def env(mrml, data_dir, slidesam_model):
     from slicer_data import load_kidney_ct
 
     ct = load_kidney_ct(mrml, data_dir)
     slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(mrml.scene)
     views = {}
-    for name, orientation in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
+    for name, orientation in ORIENTATIONS:
         views[name] = mrml.scene.AddNewNodeByClass("vtkMRMLSliceNode", name)
         views[name].SetLayoutName(name)
-        views[name].SetOrientation(orientation)
     layout = types.SimpleNamespace(sliceViewNames=lambda: list(views),
                                    sliceWidget=lambda name: types.SimpleNamespace(mrmlSliceNode=lambda: views[name]))
     errors = []  # what the user was shown
-    qt.slot_exceptions.clear()
 
     def loadUI(path):
         root, widgets = load_ui(path)
@@ -47,15 +50,70 @@ def gui(mrml, data_dir, slidesam_model):
             setOverrideCursor=lambda cursor: None, restoreOverrideCursor=lambda: None, testingEnabled=lambda: False))
         mp.setattr(slicer.util, "loadUI", loadUI)
         mp.setattr(slicer.util, "childWidgetVariables", lambda root: types.SimpleNamespace(**root.children))
-        mp.setattr(slicer.util, "mainWindow", lambda: None)
+        mp.setattr(slicer.util, "mainWindow", lambda: None)  # as with --no-main-window
         mp.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: errors.append(text))
-        mp.setattr(slicer, "qSlicerMarkupsPlaceWidget", types.SimpleNamespace(ForcePlaceMultipleMarkups=2), raising=False)
-        widget = SlideSAM.SlideSAMWidget(types.SimpleNamespace(isEntered=True))
-        widget.setup()
-        widget.logic.setModel(slidesam_model)  # the session's model, loaded once
-        yield types.SimpleNamespace(widget=widget, ui=widget.ui, ct=ct, views=views, errors=errors, scene=mrml.scene,
-                                    raised=qt.slot_exceptions)
-        widget.cleanup()
+        mp.setattr(slicer, "qSlicerMarkupsPlaceWidget", PlaceWidget, raising=False)
+        yield types.SimpleNamespace(ct=ct, views=views, errors=errors, scene=mrml.scene, model=slidesam_model, mp=mp)
+
+
+@pytest.fixture
+def gui(env):
+    """A fresh panel: no parameter node, views back to their orientations, nothing being placed."""
+    scene = env.scene
+    old = scene.GetSingletonNode("SlideSAM", "vtkMRMLScriptedModuleNode")
+    if old is not None:
+        scene.RemoveNode(old)
+    for name, orientation in ORIENTATIONS:
+        env.views[name].SetOrientation(orientation)
+    interaction = slicer.app.applicationLogic().GetInteractionNode()
+    interaction.SetPlaceModePersistence(False)
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+    env.errors.clear()
+    qt.slot_exceptions.clear()
+    panel = types.SimpleNamespace(isEntered=True)  # the module panel Slicer gives the widget
+    widget = SlideSAM.SlideSAMWidget(panel)
+    widget.setup()
+    widget.logic.setModel(env.model)  # the session's model, loaded once
+    widget.enter()
+    yield types.SimpleNamespace(widget=widget, ui=widget.ui, ct=env.ct, views=env.views, errors=env.errors, scene=scene,
+                                raised=qt.slot_exceptions, panel=panel, interaction=interaction)
+    widget.exit()
+    widget.cleanup()
+
+
+def new_segmentation(gui, name):
+    segmentation = gui.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    gui.ui.inputVolumeSelector.setCurrentNode(gui.ct.node)
+    gui.ui.segmentationSelector.setCurrentNode(segmentation)
+    return segmentation
+
+
+def kidney_box(gui, name="kidney box"):
+    """An ROI around the left kidney on its largest slice, selected as the box."""
+    roi = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+    c0, c1 = (np.asarray(c) for c in gui.ct.box_ras)
+    roi.SetCenterWorld(*((c0 + c1) / 2))
+    roi.SetSizeWorld(*np.abs(c1 - c0))
+    gui.ui.boxSelector.setCurrentNode(roi)
+    return roi
+
+
+def place_with_two_clicks(gui, ras_a, ras_b):
+    """Two clicks in a slice view in Place mode, handled as Slicer's markups displayable manager does
+    (vtkMRMLMarkupsDisplayableManager::GetWidgetForPlacement, v5.10.0): the points go into the active place node,
+    unless it already holds as many defined points as it may — then the markups logic adds a new node of that class
+    and the selection node makes it the active one.  Without persistence, place mode ends after the placement."""
+    selection = slicer.app.applicationLogic().GetSelectionNode()
+    assert gui.interaction.GetCurrentInteractionMode() == gui.interaction.Place
+    node = gui.scene.GetNodeByID(selection.GetActivePlaceNodeID())
+    if node is None or 0 <= node.GetMaximumNumberOfControlPoints() <= node.GetNumberOfDefinedControlPoints():
+        node = slicer.modules.markups.logic().AddNewMarkupsNode(selection.GetActivePlaceNodeClassName())
+        selection.SetReferenceActivePlaceNodeID(node.GetID())
+    node.AddControlPointWorld(*ras_a)
+    node.AddControlPointWorld(*ras_b)
+    if not gui.interaction.GetPlaceModePersistence():
+        gui.interaction.SetCurrentInteractionMode(gui.interaction.ViewTransform)
+    return node
 
 
 def shortcut(gui, name):
@@ -81,15 +139,14 @@ def show_slice(gui, k):
     gui.views["Red"].JumpSliceByOffsetting(*ras_of(gui.ct, (10, 10, k)))
 
 
-def test_panel_shortcuts_and_buttons_follow_the_selection(gui):
+
+def test_panel_and_buttons_follow_the_selection(gui):
     ui, ct = gui.ui, gui.ct
     assert gui.widget.layout.widgets and gui.widget.layout.widgets[0].name == "SlideSAM"
-    assert sorted(s.key.text for s in gui.widget._shortcuts) == sorted(key for _, key, _ in SHORTCUTS)
     ui.inputVolumeSelector.setCurrentNode(ct.node)
     ui.segmentationSelector.setCurrentNode(None)
     assert not ui.propagateButton.enabled  # no segmentation yet
-    segmentation = gui.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "widget run")
-    ui.segmentationSelector.setCurrentNode(segmentation)
+    segmentation = new_segmentation(gui, "widget run")
     node = gui.widget.logic.getParameterNode()
     assert node.GetNodeReferenceID("InputVolume") == ct.node.GetID()
     assert node.GetNodeReferenceID("Segmentation") == segmentation.GetID()
@@ -97,36 +154,125 @@ def test_panel_shortcuts_and_buttons_follow_the_selection(gui):
     assert not ui.serverUrlLineEdit.enabled and not ui.testConnectionButton.enabled  # embedded source
 
 
-def test_settings_round_trip_through_the_parameter_node_and_the_key_stays_out(gui):
+@pytest.mark.parametrize("main_window", [None, "main window"])
+def test_shortcuts_act_only_while_the_module_is_shown(gui, monkeypatch, main_window):
+    widget = gui.widget
+    widget.exit()  # the user switches to another module
+    monkeypatch.setattr(slicer.util, "mainWindow", lambda: main_window)
+    assert widget._shortcuts == []
+    widget.enter()
+    assert sorted(s.key.text for s in widget._shortcuts) == sorted(key for _, key, _ in SHORTCUTS)
+    assert all(s.parent is (main_window or gui.panel) for s in widget._shortcuts)  # --no-main-window: the module panel
+    place_box = shortcut(gui, "placeBox")
+    place_box.press()
+    roi = gui.ui.boxSelector.currentNode()
+    assert roi is not None and roi.IsA("vtkMRMLMarkupsROINode") and gui.ui.boxPlaceWidget.placeModeEnabled
+    gui.ui.boxSelector.setCurrentNode(None)
+    widget.exit()
+    place_box.press()  # in another module the key does nothing here
+    assert gui.ui.boxSelector.currentNode() is None and widget._shortcuts == []
+
+
+def test_every_shortcut_runs_its_own_action(gui, monkeypatch):
+    widget, ui, ran = gui.widget, gui.ui, []
+    widget.exit()
+    for method in ("onPropagate", "onRestart", "onCancel", "onUndo"):
+        monkeypatch.setattr(widget, method, lambda method=method: ran.append(method))
+    monkeypatch.setattr(widget, "startPlacing", lambda placeWidget, selector, className, name: ran.append((placeWidget.name, selector.name, className)))
+    widget.enter()
+    for name, _, _ in SHORTCUTS:
+        shortcut(gui, name).press()
+    assert ran == [("boxPlaceWidget", "boxSelector", "vtkMRMLMarkupsROINode"),
+                   ("includePlaceWidget", "includePointsSelector", "vtkMRMLMarkupsFiducialNode"),
+                   ("excludePlaceWidget", "excludePointsSelector", "vtkMRMLMarkupsFiducialNode"),
+                   "onPropagate", "onRestart", "onCancel", "onUndo"]
+    assert [name for name, _, _ in SHORTCUTS] == ["placeBox", "placeInclude", "placeExclude", "propagate", "restart", "cancel", "undo"]
+
+
+def test_settings_are_kept_by_stable_keys_and_the_api_key_stays_out(gui):
     ui, node = gui.ui, gui.widget.logic.getParameterNode()
     ui.directionComboBox.currentIndex = ui.directionComboBox.findText("down")
     assert node.GetParameter("Direction") == "down"
     node.SetParameter("Direction", "both")  # e.g. a scene loaded with other settings
     assert ui.directionComboBox.currentText == "both"
+    ui.modelSourceComboBox.currentIndex = gui.widget.SOURCE_SERVER
+    assert node.GetParameter("ModelSource") == "server"  # not the entry's text, which a translation changes
+    ui.modelSourceComboBox.items[gui.widget.SOURCE_CHECKPOINT] = "Fichier de poids"  # a translated panel
+    node.SetParameter("ModelSource", "checkpoint")
+    assert ui.modelSourceComboBox.currentIndex == gui.widget.SOURCE_CHECKPOINT
+    node.SetParameter("Device", "cuda")
+    assert ui.deviceComboBox.currentIndex == 2
+    for name, keys in gui.widget.COMBO_KEYS.items():
+        assert len(getattr(ui, name).items) == len(keys), name  # one key per entry of the .ui
     ui.apiKeyLineEdit.text = "secret-key"
     ui.serverUrlLineEdit.text = "http://gpu-box:8765"
     names = node.GetParameterNames() if hasattr(node, "GetParameterNames") else list(gui.widget.SETTINGS)
     assert all("secret-key" not in node.GetParameter(name) for name in names)
     assert node.GetParameter("ServerURL") == "http://gpu-box:8765"
-    ui.apiKeyLineEdit.text = ""
-    ui.serverUrlLineEdit.text = ""
 
 
-def test_box_shortcut_creates_an_roi_in_place_mode(gui):
+def test_a_checkpoint_folder_can_be_chosen(gui, tmp_path):
+    adapter = tmp_path / "adapter"  # what 'slidesam train' writes: a folder
+    adapter.mkdir()
+    gui.ui.modelSourceComboBox.currentIndex = gui.widget.SOURCE_CHECKPOINT
+    gui.ui.checkpointPathLineEdit.currentPath = str(adapter)
+    assert gui.widget.logic.getParameterNode().GetParameter("Checkpoint") == str(adapter)
+    gui.ui.checkpointPathLineEdit.currentPath = str(tmp_path / "litemedsam.pth")
+    assert gui.widget.logic.getParameterNode().GetParameter("Checkpoint") == str(tmp_path / "litemedsam.pth")
+
+
+def test_a_box_is_placed_once_even_after_placing_points(gui):
     ui = gui.ui
-    assert ui.boxSelector.currentNode() is None
-    shortcut(gui, "placeBox").emit("activated()")
-    roi = ui.boxSelector.currentNode()
-    assert roi is not None and roi.IsA("vtkMRMLMarkupsROINode")
-    assert ui.boxPlaceWidget.currentNode() is roi and ui.boxPlaceWidget.placeModeEnabled
+    assert ui.boxPlaceWidget.placeMultipleMarkups == PlaceWidget.ForcePlaceSingleMarkup
+    ui.includePointsSelector.setCurrentNode(gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include"))
+    ui.includePlaceWidget.setPlaceModeEnabled(True)  # the user clicks the place button beside the include points
+    assert gui.interaction.GetPlaceModePersistence()  # many include points per placement
+    ui.boxSelector.setCurrentNode(gui.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box"))
+    ui.boxPlaceWidget.setPlaceModeEnabled(True)  # then the one beside the box
+    assert ui.boxPlaceWidget.placeModeEnabled and not gui.interaction.GetPlaceModePersistence()
+    roi = place_with_two_clicks(gui, *gui.ct.box_ras)
+    assert roi is ui.boxSelector.currentNode()
+    assert gui.interaction.GetCurrentInteractionMode() == gui.interaction.ViewTransform  # no third click starts another ROI
+
+
+@pytest.mark.parametrize("how", ["place button", "shortcut"])
+def test_drawing_a_new_box_replaces_the_box_propagate_uses(gui, monkeypatch, how):
+    ui, ct = gui.ui, gui.ct
+    new_segmentation(gui, "new box")
+    show_slice(gui, ct.k)
+
+    def place_box():
+        if how == "shortcut":
+            shortcut(gui, "placeBox").press()
+        else:
+            ui.boxPlaceWidget.setPlaceModeEnabled(True)
+
+    if how == "place button":
+        ui.boxSelector.setCurrentNode(gui.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "SlideSAM box"))
+    place_box()
+    first = place_with_two_clicks(gui, *ct.box_ras)
+    assert first is ui.boxSelector.currentNode() and first.GetName() == "SlideSAM box"
+    (i0, j0, _), (i1, j1, _) = ct.box_ijk
+    corners = [ras_of(ct, (i0 + 5, j0 + 4, ct.k)), ras_of(ct, (i1 - 3, j1 - 6, ct.k))]  # the annotator draws a tighter box
+    place_box()
+    second = place_with_two_clicks(gui, *corners)
+    assert second is not first  # Slicer made a new ROI: the first one keeps its single control point
+    assert ui.boxSelector.currentNode() is second and ui.boxPlaceWidget.currentNode() is second
+    used = []
+
+    def prepare(volume, segmentation, segmentId, box=None, **kwargs):
+        used.append(geometry.engine_prompt(volume, box, axis=kwargs["axis"], index=kwargs["sliceIndex"]).box_ijk)
+        raise InputError("stopped by the test")
+
+    monkeypatch.setattr(gui.widget.logic, "prepareSegment", prepare)
+    ui.propagateButton.click()
+    np.testing.assert_allclose(used[0], [(i0 + 5, j0 + 4, ct.k), (i1 - 3, j1 - 6, ct.k)], atol=1e-6)
 
 
 def test_propagate_button_writes_the_kidney_into_a_new_segment(gui):
     ui, ct = gui.ui, gui.ct
-    roi = ui.boxSelector.currentNode()
-    c0, c1 = (np.asarray(c) for c in ct.box_ras)
-    roi.SetCenterWorld(*((c0 + c1) / 2))
-    roi.SetSizeWorld(*np.abs(c1 - c0))
+    segmentation = new_segmentation(gui, "propagate")
+    kidney_box(gui)
     show_slice(gui, ct.k)
     ui.sliceRangeCheckBox.checked = True
     ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - RANGE, ct.k + RANGE
@@ -134,7 +280,7 @@ def test_propagate_button_writes_the_kidney_into_a_new_segment(gui):
     assert ui.cancelButton.enabled and not ui.propagateButton.enabled  # running in the background
     run_to_end(gui)
     assert not gui.errors and not gui.raised, (gui.errors, gui.raised)
-    segmentation, segmentId = ui.segmentationSelector.currentNode(), ui.segmentSelector.currentSegmentID()
+    segmentId = ui.segmentSelector.currentSegmentID()
     assert segmentId and gui.widget.logic.getParameterNode().GetParameter("SegmentID") == segmentId
     assert ui.progressBar.value == 100 and "slices (K" in ui.statusLabel.text
     mask = read_segment(segmentation, segmentId, ct.node)
@@ -147,15 +293,19 @@ def test_propagate_button_writes_the_kidney_into_a_new_segment(gui):
 
 def test_restart_from_the_shown_slice_replaces_one_side_and_undo_restores(gui):
     ui, ct = gui.ui, gui.ct
-    segmentation, segmentId = ui.segmentationSelector.currentNode(), ui.segmentSelector.currentSegmentID()
+    segmentation = new_segmentation(gui, "restart")
+    segmentId = segmentation.GetSegmentation().AddEmptySegment("kidney", "kidney")
     fixed = ct.k + 2
-    edited = read_segment(segmentation, segmentId, ct.node)
-    edited[fixed] = ct.reference[fixed]  # the annotator's correction with Segment Editor
+    edited = ct.reference.copy()  # an annotator's segment, corrected on `fixed` and empty above it
     edited[fixed + 1 :] = 0
     slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segmentation, segmentId, ct.node)
+    ui.segmentSelector.setCurrentNode(segmentation)
+    ui.segmentSelector.setCurrentSegmentID(segmentId)
     before = read_segment(segmentation, segmentId, ct.node)
     show_slice(gui, fixed)
     ui.directionComboBox.currentIndex = ui.directionComboBox.findText("up")
+    ui.sliceRangeCheckBox.checked = True
+    ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - RANGE, ct.k + RANGE
     ui.restartButton.click()
     run_to_end(gui)
     assert not gui.errors and not gui.raised, (gui.errors, gui.raised)
@@ -165,13 +315,12 @@ def test_restart_from_the_shown_slice_replaces_one_side_and_undo_restores(gui):
     ui.undoButton.click()
     assert ui.statusLabel.text == "last run undone"
     np.testing.assert_array_equal(read_segment(segmentation, segmentId, ct.node), before)
-    ui.directionComboBox.currentIndex = ui.directionComboBox.findText("both")
 
 
 def test_cancel_button_keeps_a_partial_result(gui):
     ui, ct = gui.ui, gui.ct
-    segmentation = gui.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "widget cancel")
-    ui.segmentationSelector.setCurrentNode(segmentation)
+    segmentation = new_segmentation(gui, "cancel")
+    kidney_box(gui)
     show_slice(gui, ct.k)
     ui.sliceRangeCheckBox.checked = False  # the whole volume: far more than can finish before Cancel
     ui.propagateButton.click()
@@ -182,17 +331,70 @@ def test_cancel_button_keeps_a_partial_result(gui):
     assert ct.k in written and written.tolist() == list(range(written[0], written[-1] + 1))
 
 
-def test_mistakes_get_one_message_and_start_nothing(gui):
+def test_closing_the_scene_mid_run_writes_nothing_and_forgets_node_ids(gui):
+    ui, ct, logic = gui.ui, gui.ct, gui.widget.logic
+    segmentation = new_segmentation(gui, "closed")
+    segmentId = segmentation.GetSegmentation().AddEmptySegment("earlier", "earlier")
+    logic.writer.apply(ct.node, segmentation, segmentId, 2, {ct.k: ct.reference[ct.k]}, [ct.k], EditRules())  # an earlier run: undoable
+    assert logic.canUndo(segmentation)
+    kidney_box(gui)
+    show_slice(gui, ct.k)
+    ui.sliceRangeCheckBox.checked = False
+    ui.propagateButton.click()
+    background = gui.widget._background
+    assert background is not None and ui.cancelButton.enabled
+    gui.scene.StartState(gui.scene.CloseState)  # what vtkMRMLScene::Clear does around removing the nodes
+    gui.scene.RemoveNode(segmentation)
+    gui.scene.EndState(gui.scene.CloseState)
+    assert background.wait(300)  # the engine saw the cancel
+    for _ in range(3):
+        gui.widget._timer.fire()
+    assert not gui.raised and not gui.errors, (gui.raised, gui.errors)
+    assert not gui.widget._timer.isActive() and not ui.cancelButton.enabled
+    assert ui.statusLabel.text == "cancelled: the scene was closed; nothing was written"
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1  # nothing written into the removed node
+    assert not logic.canUndo(segmentation) and not logic._sessions and not logic._lastAxis  # IDs a new scene reuses
+
+
+def test_a_failure_while_writing_is_shown_and_nothing_is_written(gui):
     ui, ct = gui.ui, gui.ct
-    segmentation = gui.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "widget mistakes")
-    ui.segmentationSelector.setCurrentNode(segmentation)
+    segmentation = new_segmentation(gui, "write fails")
+    kidney_box(gui)
+    show_slice(gui, ct.k)
+    ui.sliceRangeCheckBox.checked = True
+    ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - 1, ct.k + 1
+    editor = gui.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetSingletonTag("SegmentEditor")
+    editor.SetAndObserveSegmentationNode(segmentation)
+    editor.SetAndObserveSourceVolumeNode(ct.node)
+    try:
+        ui.propagateButton.click()
+        assert ui.cancelButton.enabled
+        other = gui.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "another scan")
+        editor.SetAndObserveSourceVolumeNode(other)  # changed in Segment Editor during the run
+        editor.SetSourceVolumeIntensityMask(True)
+        run_to_end(gui)
+        assert not gui.raised, gui.raised
+        assert len(gui.errors) == 1 and "nothing was written" in gui.errors[0] and "another scan" in gui.errors[0], gui.errors
+        assert ui.statusLabel.text == "failed: nothing was written" and ui.progressBar.value == 0
+        assert segmentation.GetSegmentation().GetNumberOfSegments() == 0 and ui.propagateButton.enabled
+    finally:
+        gui.scene.RemoveNode(editor)
+
+
+def test_mistakes_get_one_message_and_the_panel_says_nothing_started(gui):
+    ui, ct = gui.ui, gui.ct
+    segmentation = new_segmentation(gui, "mistakes")
     ui.modelSourceComboBox.currentIndex = gui.widget.SOURCE_SERVER
     assert ui.serverUrlLineEdit.enabled and ui.testConnectionButton.enabled and not ui.deviceComboBox.enabled
-    assert not gui.raised
     ui.propagateButton.click()
     assert len(gui.errors) == 1 and "no server URL" in gui.errors[0]
     assert [type(e).__name__ for e in gui.raised] == ["InputError"]  # shown, and left in the Python console
-    assert not ui.cancelButton.enabled and segmentation.GetSegmentation().GetNumberOfSegments() == 0
+    assert ui.statusLabel.text == "not started" and ui.propagateButton.enabled and not ui.cancelButton.enabled
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 0
+    ui.serverUrlLineEdit.text = "http://127.0.0.1:9"  # nothing listens there
+    ui.testConnectionButton.click()
+    assert len(gui.errors) == 2 and ui.statusLabel.text == "no connection to the server" and ui.testConnectionButton.enabled
     ui.modelSourceComboBox.currentIndex = gui.widget.SOURCE_EMBEDDED
     gui.errors.clear()
     gui.raised.clear()
@@ -210,12 +412,23 @@ def test_mistakes_get_one_message_and_start_nothing(gui):
         gui.views[name].JumpSliceByOffsetting(*(centre + 500.0))
     points = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "oblique click")
     points.AddControlPoint(*centre)
-    box = ui.boxSelector.currentNode()
-    ui.boxSelector.setCurrentNode(None)
     ui.includePointsSelector.setCurrentNode(points)
     ui.propagateButton.click()
     assert len(gui.errors) == 1 and "oblique" in gui.errors[0] and "Rotate to volume plane" in gui.errors[0], gui.errors
     assert not ui.cancelButton.enabled and segmentation.GetSegmentation().GetNumberOfSegments() == 0
-    ui.includePointsSelector.setCurrentNode(None)
-    ui.boxSelector.setCurrentNode(box)
-    view.SetOrientation("Axial")
+    assert ui.statusLabel.text == "not started"
+
+
+def test_a_failed_undo_is_shown_and_the_buttons_still_follow(gui):
+    ui, ct, logic = gui.ui, gui.ct, gui.widget.logic
+    volume = gui.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "removed later")
+    volume.SetAndObserveImageData(ct.node.GetImageData())
+    segmentation = new_segmentation(gui, "undo fails")
+    segmentId = segmentation.GetSegmentation().AddEmptySegment("s", "s")
+    logic.writer.apply(volume, segmentation, segmentId, 2, {ct.k: ct.reference[ct.k]}, [ct.k], EditRules())
+    gui.widget.updateButtons()
+    assert ui.undoButton.enabled
+    gui.scene.RemoveNode(volume)
+    ui.undoButton.click()
+    assert len(gui.errors) == 1 and "undo is not possible" in gui.errors[0]
+    assert ui.statusLabel.text == "undo failed" and not ui.undoButton.enabled  # that step is gone: nothing left to undo

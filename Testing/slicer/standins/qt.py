@@ -63,12 +63,28 @@ class QKeySequence:
 
 
 class QShortcut(_Signals):
+    """Qt delivers a shortcut's key press only while it is enabled and its parent widget exists (deleteLater ends it)."""
+
     def __init__(self, keySequence, parent=None):
         super().__init__()
-        self.key, self.parent = keySequence, parent
+        self.key, self.parent, self.enabled, self.deleted = keySequence, parent, True, False
 
     def setParent(self, parent):
         self.parent = parent
+
+    def setEnabled(self, enabled):
+        self.enabled = bool(enabled)
+
+    def isEnabled(self):
+        return self.enabled
+
+    def deleteLater(self):
+        self.deleted = True
+
+    def press(self):
+        """The user presses the key sequence."""
+        if self.enabled and not self.deleted and self.parent is not None:
+            self.emit("activated()")
 
 
 class Qt:

@@ -5,6 +5,7 @@ surface the module uses: properties that emit their Qt signal when they change (
 widget's guard against feedback loops is exercised), `connect(signal, slot)`, and the node / segment
 selector calls. Nothing here decides what the module does; it only carries values and signals.
 """
+import re
 import xml.etree.ElementTree as ET
 
 from qt import _Signals
@@ -104,11 +105,22 @@ class SegmentSelector(Widget):
 
 
 class PlaceWidget(Widget):
-    """qSlicerMarkupsPlaceWidget: which markups node a click places into, and whether place mode is on."""
+    """qSlicerMarkupsPlaceWidget, as its source does it (Slicer v5.10.0 qSlicerMarkupsPlaceWidget.cxx): place mode makes
+    the current node the markups logic's active list, sets the interaction node's persistence by `placeMultipleMarkups`
+    and switches it to Place; `placeModeEnabled` reads that state back from MRML."""
+
+    # enum PlaceMultipleMarkupsType, in the header's order
+    ShowPlaceMultipleMarkupsOption, ForcePlaceSingleMarkup, ForcePlaceMultipleMarkups = range(3)
 
     def __init__(self, name, className):
         super().__init__(name, className)
-        self._node, self.placeModeEnabled, self.placeMultipleMarkups = None, False, None
+        self._node, self.placeMultipleMarkups = None, self.ShowPlaceMultipleMarkupsOption
+        self._selection = self._interaction = None
+
+    def setMRMLScene(self, scene):
+        super().setMRMLScene(scene)
+        self._selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton") if scene else None
+        self._interaction = scene.GetNodeByID("vtkMRMLInteractionNodeSingleton") if scene else None
 
     def setCurrentNode(self, node):
         self._node = node
@@ -116,8 +128,66 @@ class PlaceWidget(Widget):
     def currentNode(self):
         return self._node
 
+    def currentNodeActive(self):
+        return (self._node is not None and self._selection is not None and self._selection.GetActivePlaceNodeID() == self._node.GetID()
+                and self._selection.GetActivePlaceNodeClassName() == self._node.GetClassName())
+
+    @property
+    def placeModeEnabled(self):
+        return self.currentNodeActive() and self._interaction.GetCurrentInteractionMode() == self._interaction.Place
+
     def setPlaceModeEnabled(self, enabled):
-        self.placeModeEnabled = bool(enabled)
+        import slicer
+
+        if self._node is None or self._interaction is None:
+            return
+        if not enabled:
+            self._interaction.SetCurrentInteractionMode(self._interaction.ViewTransform)
+            return
+        if not self.currentNodeActive():
+            slicer.modules.markups.logic().SetActiveList(self._node)
+        if self.placeMultipleMarkups == self.ForcePlaceSingleMarkup:
+            self._interaction.SetPlaceModePersistence(False)
+        elif self.placeMultipleMarkups == self.ForcePlaceMultipleMarkups:
+            self._interaction.SetPlaceModePersistence(True)
+        self._interaction.SetCurrentInteractionMode(self._interaction.Place)
+
+
+def ctk_name_filters_pattern(name_filters):
+    """ctk::nameFiltersToRegularExpression (CTK ctkUtils.cpp, the revision Slicer 5.10 builds): the regular expression
+    the path line edit's validator requires a whole path to match; no extension filters accept any path."""
+    parts = []
+    for name_filter in name_filters:
+        match = re.match(r"^(.*)\(([a-zA-Z0-9_.*? +;#\-\[\]@\{\}/!<>$%&=^~:|]*)\)$", name_filter)
+        if match:
+            extensions = match.group(2).split()
+        else:
+            extensions = [name_filter] if re.match(r"^[\w\s.*_~$\[\]]+$", name_filter) else []
+        for extension in extensions:
+            found = re.search(r"\*\.(\w+)", extension)
+            if found:
+                parts.append(r".*\." + found.group(1) + "?$")
+    return "(" + "|".join(parts) + ")" if parts else ".+"
+
+
+class PathLineEdit(Widget):
+    """ctkPathLineEdit: a QRegularExpressionValidator built from `nameFilters` guards the text, and currentPathChanged
+    is emitted only for acceptable input (ctkPathLineEdit::updateHasValidInput)."""
+
+    def __init__(self, name, className, nameFilters=()):
+        super().__init__(name, className)
+        object.__setattr__(self, "nameFilters", list(nameFilters))
+
+    def acceptable(self, path):
+        return re.fullmatch(ctk_name_filters_pattern(self.nameFilters), path) is not None
+
+    def __setattr__(self, key, value):
+        if key != "currentPath":
+            return super().__setattr__(key, value)
+        changed = self._ready and value != self.currentPath
+        object.__setattr__(self, key, value)
+        if changed and self.acceptable(value):
+            self.emit("currentPathChanged(QString)", value)
 
 
 CLASSES = {"qMRMLNodeComboBox": NodeComboBox, "qMRMLSegmentSelectorWidget": SegmentSelector, "qSlicerMarkupsPlaceWidget": PlaceWidget}
@@ -131,12 +201,17 @@ def load_ui(path):
         if className in ("QComboBox",):
             items = [item.findtext("property/string") for item in element.findall("item")]
             widget = ComboBox(name, className, items)
+        elif className == "ctkPathLineEdit":
+            filters = [s.text for prop in element.findall("property") if prop.get("name") == "nameFilters" for s in prop.iter("string")]
+            widget = PathLineEdit(name, className, filters)
         else:
             widget = CLASSES.get(className, Widget)(name, className)
         for prop in element.findall("property"):
             number = prop.findtext("number")
             if number is not None and prop.get("name") in ("minimum", "maximum"):
                 object.__setattr__(widget, prop.get("name"), int(number))
+            if prop.get("name") == "checked" and prop.findtext("bool") is not None:
+                object.__setattr__(widget, "checked", prop.findtext("bool") == "true")
         widgets[name] = widget
     root = ET.parse(path).getroot().find("widget").get("name")
     return widgets[root], widgets
