@@ -26,7 +26,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError, SlideSAMError
-from .contract import CancelFn, ProgressFn, Request, RestartRequest, Result, SegmentRequest, SliceRecord  # noqa: F401  (SliceRecord: re-exported)
+from .contract import CancelFn, ContractSession, ProgressFn, Request, RestartRequest, Result, SegmentRequest, SliceRecord  # noqa: F401  (SliceRecord: re-exported)
 from .wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, encode_volume, version_major
 
 log = logging.getLogger("slidesam.client")
@@ -198,7 +198,7 @@ class SlideSAMClient:
         self._json("DELETE", f"/sessions/{session_id}")
 
 
-class RemoteSession:
+class RemoteSession(ContractSession):
     """A volume held by the server, with the local `Session`'s `segment` / `restart` calls (IJK voxel prompts).
 
     The Slicer module uses it for "Model source: server". The volume is uploaded on first use; when the
@@ -229,12 +229,6 @@ class RemoteSession:
             if progress is not None:
                 progress(0.0, "the server no longer holds this volume (session expired): uploading it again")
             return self.client.run(self._upload(), request, progress, cancel)
-
-    def segment(self, box=None, points=(), axis=None, direction="both", slice_range=None, progress=None, cancel=None) -> Result:
-        return self.run(SegmentRequest.of(box, points, axis, direction, slice_range), progress, cancel)
-
-    def restart(self, slice_mask, slice_index, axis=2, direction="up", slice_range=None, progress=None, cancel=None, largest_area=None) -> Result:
-        return self.run(RestartRequest.of(slice_mask, slice_index, axis, direction, slice_range, largest_area), progress, cancel)
 
     def close(self) -> None:
         """Free the server's copy now (it also expires on its own); a server that is gone is not an error here."""

@@ -224,7 +224,25 @@ class Result(MaskResultMixin):
         )
 
 
-class InProcessSession:
+class ContractSession:
+    """What every engine session offers: `run(request, progress, cancel) -> Result`, `close()`, and
+    `segment` / `restart` with `Session`'s keyword arguments (voxel IJK prompts), built on `run`."""
+
+    def run(self, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> Result:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def segment(self, box=None, points=(), axis=None, direction="both", slice_range=None, progress=None, cancel=None) -> Result:
+        return self.run(SegmentRequest.of(box, points, axis, direction, slice_range), progress, cancel)
+
+    def restart(self, slice_mask, slice_index, axis=2, direction="up", slice_range=None, progress=None, cancel=None, largest_area=None) -> Result:
+        return self.run(RestartRequest.of(slice_mask, slice_index, axis, direction, slice_range, largest_area), progress, cancel)
+
+
+
+class InProcessSession(ContractSession):
     """A `Session` in this process behind the contract (scripts and tests: `SlideSAMLogic(model=...)`)."""
 
     def __init__(self, session, model: str = ""):

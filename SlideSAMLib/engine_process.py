@@ -31,6 +31,7 @@ import weakref
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from .contract import ContractSession
 from .errors import SlideSAMError
 
 _log = logging.getLogger("slidesam.engine")
@@ -149,6 +150,16 @@ class LocalEngine:
             _signal_group(proc, signal.SIGKILL if os.name != "nt" else None, kill=True)
             proc.wait(timeout=STOP_TIMEOUT_S)
 
+    def exit_code(self, wait_s: float = 1.0) -> Optional[int]:
+        """The process's exit code once it has ended (waiting up to `wait_s`), None while it runs."""
+        proc = self._proc
+        if proc is None:
+            return None
+        try:
+            return proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def command(self, port: int, key_file: str) -> List[str]:
         args = [self.python or default_python(), "-m", "SlideSAMLib.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--api-key-file", key_file]
         for flag, value in (("--checkpoint", self.checkpoint), ("--device", self.device), ("--encoder", self.encoder), ("--threads", self.threads)):
@@ -242,6 +253,43 @@ class LocalEngine:
         except (OSError, AttributeError):
             return "no output"
         return lines[-1].strip()[:300] if lines else "no output"
+
+
+class EngineSession(ContractSession):
+    """A volume held by a LocalEngine, behind the contract (`run`, `segment`, `restart`, `close`).
+
+    The volume is uploaded on first use and again after the engine was restarted (a new process knows
+    nothing).  An engine that dies during a run raises one EngineError line; the next run starts a new one.
+    """
+
+    def __init__(self, engine: LocalEngine, volume_zyx, spacing=None, origin=None, direction=None, modality: str = "auto"):
+        self.engine, self.volume = engine, volume_zyx
+        self._geometry = (spacing, origin, direction, modality)
+        self._remote = None
+        self._start = 0  # engine.starts when _remote was made
+
+    def run(self, request, progress=None, cancel=None):
+        from .client import RemoteSession, ServerError
+
+        client = self.engine.client()
+        if self._remote is None or self._start != self.engine.starts:
+            spacing, origin, direction, modality = self._geometry
+            self._remote, self._start = RemoteSession(client, self.volume, spacing, origin, direction, modality), self.engine.starts
+        pid = self.engine.pid
+        try:
+            return self._remote.run(request, progress, cancel)
+        except ServerError:
+            code = self.engine.exit_code()
+            if code is None:
+                raise  # the engine runs: its own message stands
+            raise EngineError(f"the SlideSAM engine process {pid} stopped during the run (exit code {code}): nothing was written; "
+                              "the next run starts a new engine (its output is in the log)") from None
+
+    def close(self) -> None:
+        """Free the engine's copy (only while the process that holds it runs)."""
+        remote, self._remote = self._remote, None
+        if remote is not None and self._start == self.engine.starts and self.engine.alive():
+            remote.close()
 
 
 def _fix_for(last_line: str) -> str:
