@@ -32,6 +32,12 @@ EXTRA_COMMANDS = {
 }
 
 
+def _axis_name(text: str) -> str:
+    """The slice axis as i, j or k: the letters in either case, or 0, 1, 2 (as the Python API and Slicer logic take)."""
+    text = text.strip().lower()
+    return "ijk"[int(text)] if text in ("0", "1", "2") else text
+
+
 def _add_segment(sub) -> None:
     p = sub.add_parser(
         "segment",
@@ -45,8 +51,8 @@ def _add_segment(sub) -> None:
     p.add_argument("--slice", type=float, dest="slice_index", metavar="K", help="prompt slice index along --axis (voxel coords) or its coordinate in mm (lps/ras)")
     p.add_argument("--point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="include click, X and Y as for --box (repeatable)")
     p.add_argument("--negative", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="exclude click, X and Y as for --box (repeatable)")
-    p.add_argument("--axis", type=str.lower, choices=["i", "j", "k"], default="k",
-                   help="voxel axis the slices are stacked along: i, j or k, either case (default k: axial for most scans)")
+    p.add_argument("--axis", type=_axis_name, choices=["i", "j", "k"], default="k",
+                   help="voxel axis the slices are stacked along: i, j or k (either case; or 0, 1, 2) (default k: axial for most scans)")
     p.add_argument("--direction", choices=["both", "up", "down"], default="both", help="propagate both ways, or towards higher (up) / lower (down) slice indices")
     p.add_argument("--range", nargs=2, type=int, metavar=("A", "B"), dest="slice_range", help="limit propagation to slices A..B")
     p.add_argument("--coords", choices=["voxel", "lps", "ras"], default="voxel", help="coordinates of --box/--point/--slice (default voxel indices)")
@@ -154,7 +160,7 @@ def _check_slice(args, image, axis: int, k: float) -> None:
         return
     given = f"--slice {args.slice_index:g}" + ("" if args.coords == "voxel" else f" ({args.coords} mm, slice index {k:.1f})")
     raise InputError(
-        f"{given} is out of range: the volume has slices 0..{n - 1} along {'ijk'[axis]}; give a slice inside the volume"
+        f"{given} is out of range: outside the volume, whose slices along {'ijk'[axis]} are 0..{n - 1}; give a slice inside it"
     )
 
 
@@ -178,7 +184,8 @@ class _ProgressBar:
         if self.bar is None:  # created at the first report, after the model has loaded (and printed any export line)
             from tqdm import tqdm
 
-            self.bar = tqdm(total=None, unit=" slices", desc="propagating", file=sys.stderr, leave=False)
+            self.bar = tqdm(total=None, desc="propagating", bar_format="{desc}: {n_fmt} slices done [{elapsed}{postfix}]",
+                            file=sys.stderr, leave=False)
         self.bar.n = self.slices
         self.bar.set_postfix_str(message)  # refreshes the display
 
@@ -248,7 +255,10 @@ class _StderrLines(logging.Handler):
 
 
 def _log_to_stderr() -> None:
-    """The engine's INFO lines (e.g. the one-time ONNX export of the encoder) on stderr, once per process."""
+    """On a terminal, the engine's INFO lines (e.g. the one-time ONNX export of the encoder, which takes a while
+    and would otherwise look like a hang) on stderr, beside the progress bar; once per process."""
+    if not sys.stderr.isatty():
+        return  # scripts and logs get the result and the errors only, as before
     logger = logging.getLogger("slidesam")
     if not any(isinstance(h, _StderrLines) for h in logger.handlers):
         logger.addHandler(_StderrLines())

@@ -68,13 +68,14 @@ def test_an_out_of_range_slice_says_so(tmp_path, capsys, coords):
     k = n + 50 if coords == "voxel" else 1e5  # 100 m beyond any scan
     code, _, err = run_cli(capsys, "segment", CT, "--coords", coords, "--box", 10, 10, 20, 20, "--slice", k, "-o", out)
     assert code == 2
-    assert "out of range" in err and f"0..{n - 1} along k" in err and "np." not in err
+    assert "out of range" in err and f"along k are 0..{n - 1}" in err and "np." not in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
 
 
-def test_axis_takes_either_case():
-    args = build_parser().parse_args(["segment", "x.nii.gz", "--axis", "K", "--slice", "3", "-o", "y.nii.gz"])
-    assert args.axis == "k"
+@pytest.mark.parametrize("given, axis", [("K", "k"), ("k", "k"), ("I", "i"), ("0", "i"), ("1", "j"), ("2", "k")])
+def test_axis_takes_the_documented_forms(given, axis):
+    args = build_parser().parse_args(["segment", "x.nii.gz", "--axis", given, "--slice", "3", "-o", "y.nii.gz"])
+    assert args.axis == axis
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
@@ -152,15 +153,46 @@ def test_eval_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch, capsy
     assert not (tmp_path / "eval").exists()
 
 
-def test_first_run_says_it_exports_and_ends_in_words(tmp_path, ct_labels):
-    """A fresh cache (the first run): one line while the encoder is exported; the last line in words; no timm noise."""
+def _run_on_a_terminal(argv, **env):
+    """`python -m SlideSAMLib.cli ARGV` with stderr on a pseudo-terminal, as a user sees it: (code, stdout, stderr)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 160 columns (a new pty has 0)
+    proc = subprocess.Popen([sys.executable, "-m", "SlideSAMLib.cli", *map(str, argv)], stdout=subprocess.PIPE, stderr=slave,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child has closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    stdout = proc.stdout.read().decode()
+    return proc.wait(timeout=600), stdout, b"".join(chunks).decode(errors="replace")
+
+
+def test_first_run_on_a_terminal(tmp_path, ct_labels):
+    """A fresh cache (the first run): one line while the encoder is exported, a count of slices done (no total),
+    the last line in words, no timm warnings."""
     (i0, j0, k), (i1, j1, _) = tight_box(ct_labels == ORGANS["kidney_left"])
     out = tmp_path / "kidney.nii.gz"
-    argv = ["segment", str(CT), "--box", i0, j0, i1, j1, "--slice", k, "--range", k, k + 1, "-o", str(out)]
-    done = _python(f"import sys; from SlideSAMLib.cli import main; sys.exit(main({[str(a) for a in argv]!r}))",
-                   SLIDESAM_CACHE_DIR=str(tmp_path / "cache"))
-    assert done.returncode == 0, done.stderr
-    assert "exporting the image encoder for ONNX Runtime once" in done.stderr
-    assert "Warning" not in done.stderr, done.stderr
-    last = done.stdout.strip().splitlines()[-1]
-    assert "up (higher slice indices): reached the end of the slice range (range-end)" in last and "{" not in last
+    code, stdout, terminal = _run_on_a_terminal(
+        ["segment", CT, "--box", i0, j0, i1, j1, "--slice", k, "--range", k - 1, k + 1, "-o", out],
+        SLIDESAM_CACHE_DIR=str(tmp_path / "cache"),
+    )
+    assert code == 0, terminal
+    assert terminal.count("exporting the image encoder for ONNX Runtime once") == 1, terminal
+    assert "propagating: 2 slices done [" in terminal and "%" not in terminal, terminal
+    assert "Warning" not in terminal, terminal
+    last = stdout.strip().splitlines()[-1]
+    assert "{" not in last
+    assert "stopped up (higher slice indices): reached the end of the slice range (range-end); " \
+           "down (lower slice indices): reached the end of the slice range (range-end)" in last
