@@ -120,7 +120,22 @@ def apply_clicks(pred: WindowPrediction, clicks: Sequence[Click]) -> WindowPredi
     holding an exclude click is dropped, or, when it also holds an include click, split between the clicks (its
     pixels nearer the exclude click go). The same in-plane pixels are cleared on the window's three slices.
     """
-    centre = (pred.logits[1] > 0).numpy()
+    drop = dropped_by_clicks((pred.logits[1] > 0).numpy(), clicks)
+    if not drop.any():
+        return pred
+    return cleared(pred, drop)
+
+
+def cleared(pred: WindowPrediction, drop: np.ndarray) -> WindowPrediction:
+    """`pred` with the in-plane pixels `drop` cleared on the window's three slices."""
+    logits = pred.logits.clone()
+    where = torch.from_numpy(drop)
+    logits[:, where] = torch.clamp(logits[:, where], max=-1.0)
+    return replace(pred, logits=logits)
+
+
+def dropped_by_clicks(centre: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
+    """The pixels of the mask `centre` that the clicks remove (the rules of `apply_clicks`)."""
     rows, cols = centre.shape
     include, exclude = _pixels(clicks, rows, cols)
     labels, _ = ndimage.label(centre)
@@ -141,9 +156,23 @@ def apply_clicks(pred: WindowPrediction, clicks: Sequence[Click]) -> WindowPredi
         to_exclude = (xx - ex) ** 2 + (yy - ey) ** 2
         to_include = np.min([(xx - x) ** 2 + (yy - y) ** 2 for x, y in keepers], axis=0)
         drop |= region & (to_exclude < to_include)
-    if not drop.any():
-        return pred
-    logits = pred.logits.clone()
-    cleared = torch.from_numpy(drop)
-    logits[:, cleared] = torch.clamp(logits[:, cleared], max=-1.0)
-    return replace(pred, logits=logits)
+    return drop
+
+
+def edit_mask(mask: np.ndarray, clicks: Sequence[Click], search: "ClickSearch", k: int) -> np.ndarray:
+    """A slice's mask corrected by include/exclude clicks, for a box-only model (`Session.refine`).
+
+    Clicks on the mask act as in `apply_clicks` (exclude: its part goes, or is split between the clicks; include:
+    only the parts holding include clicks stay). An include click off the mask adds the part that the click's box
+    search finds under it on slice k (none of it under an exclude click)."""
+    mask = np.asarray(mask, dtype=bool)
+    out = mask & ~dropped_by_clicks(mask, clicks)
+    include, exclude = _pixels(clicks, *mask.shape)
+    excludes = [(x, y, False) for x, y in exclude]
+    for x, y in include:
+        if not mask[y, x]:
+            found = (search.predict(k, [(x, y, True)] + excludes).logits[1] > 0).numpy()
+            labels, _ = ndimage.label(found)
+            if found[y, x]:  # the search's part holding the click (it refuses parts that miss it)
+                out |= labels == labels[y, x]
+    return out

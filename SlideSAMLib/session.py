@@ -12,7 +12,7 @@ import numpy as np
 
 from .cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 from .checkpoint import SlideSAMModel
-from .clicks import ClickSearch, apply_clicks
+from .clicks import ClickSearch, apply_clicks, cleared, edit_mask
 from .errors import InputError
 from .predictor import WindowPredictor, new_cache_owner
 from .preprocess import detect_modality, normalisation_for
@@ -222,3 +222,76 @@ class Session:
             result.encoder_passes = pred.encoder_passes - passes
             result.prompt = "restart"
             return result
+
+    # -- refinement (issue 12 §4) ------------------------------------------------------
+    def refine(
+        self,
+        slice_index: int,
+        points: Sequence[Tuple[Point3, bool]],
+        slice_mask: np.ndarray,
+        axis: int = 2,
+        slice_range: Optional[Tuple[int, int]] = None,
+        largest_area: Optional[int] = None,
+        progress: Optional[ProgressFn] = None,
+        cancel: Optional[CancelFn] = None,
+    ) -> PropagationResult:
+        """Correct slice `slice_index` of a propagated result with clicks, then propagate again from it both ways.
+
+        points: [((i, j, k), include), ...] on that slice; slice_mask: the result's current mask of that slice
+        ((rows, cols) of the slice along `axis`, e.g. `result.slice_masks[k]`). A box-only model edits the mask
+        (`clicks.edit_mask`: an exclude click removes its part, an include click off the mask adds what the click's
+        box search finds there); a point-capable model decodes the mask's box with the clicks. The corrected slice
+        is kept as it is and propagation runs up and down from it within `slice_range`; the caller replaces that
+        range of its segment with the result (an all-excluded slice comes back empty, stopped "vanished" both
+        ways). Windows already in the cache are not encoded again. `largest_area`: as in `restart`.
+        """
+        if axis not in (0, 1, 2):
+            raise InputError(f"slice axis {axis} is not 0 (i), 1 (j) or 2 (k)")
+        pred = self.predictor(axis)
+        if not 0 <= int(slice_index) < pred.n_slices:
+            raise InputError(f"slice {slice_index} is outside 0..{pred.n_slices - 1} along {'ijk'[axis]}")
+        k = int(slice_index)
+        mask = np.asarray(slice_mask).astype(bool)
+        if mask.shape != pred.stack.shape[1:]:
+            raise InputError(f"the slice mask has shape {mask.shape}, the slice has {pred.stack.shape[1:]}")
+        if not points:
+            raise InputError("no refinement click: give at least one include or exclude click")
+        pts = [(self._check_inside(p, "click"), bool(inc)) for p, inc in points]
+        if any(int(np.rint(p[axis])) != k for p, _ in pts):
+            raise InputError(f"a refinement click is not on slice {k} along {'ijk'[axis]}: put the clicks on the slice being corrected")
+        clicks2d = [(*self._in_plane(p, axis), inc) for p, inc in pts]
+        lo, hi = self._range(axis, slice_range)
+        if not lo <= k <= hi:
+            raise InputError(f"slice {k} is outside the slice range {lo}..{hi}")
+        with self._lock:
+            passes = pred.encoder_passes
+            pred.encode([k])
+            if self.model.supports_points:
+                corrected = self._decode_refinement(pred, k, mask, clicks2d)
+            else:
+                pixel_mm = float(np.mean([self.spacing[a] for a in range(3) if a != axis]))
+                corrected = edit_mask(mask, clicks2d, ClickSearch(pred, pixel_mm), k)
+            box = box_of(corrected)
+            if box is None:
+                result = PropagationResult(axis=axis, stack_shape=pred.stack.shape, slice_masks={k: corrected},
+                                           stopped={"up": "vanished", "down": "vanished"}, prompt="refine")
+                return result
+            x0, y0, x1, y1 = box
+            first = pred.predict(k, box=(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
+            first = cleared(first, mask & ~corrected)  # what a click removed stays out of the neighbours' prompts
+            prop = Propagator(pred, self.stop_rule, progress, cancel, slice_spacing_mm=self.spacing[axis])
+            result = prop.run(k, first, DIRECTIONS["both"], lo, hi, fixed_start_mask=corrected, largest_area=int(largest_area or 0))
+            result.encoder_passes = pred.encoder_passes - passes
+            result.prompt = "refine"
+            return result
+
+    @staticmethod
+    def _decode_refinement(pred: WindowPredictor, k: int, mask: np.ndarray, clicks2d) -> np.ndarray:
+        """A point-capable decoder's corrected slice: the box of the mask and the include clicks, with every click."""
+        xs = [x for x, _, inc in clicks2d if inc]
+        ys = [y for _, y, inc in clicks2d if inc]
+        b = box_of(mask)
+        if b is not None:
+            xs, ys = xs + [b[0], b[2]], ys + [b[1], b[3]]
+        box = (min(xs), min(ys), max(xs), max(ys)) if xs and max(xs) - min(xs) >= 1 and max(ys) - min(ys) >= 1 else None
+        return (pred.predict(k, box=box, points=clicks2d).logits[1] > 0).numpy()

@@ -178,6 +178,7 @@ PROMPT_KINDS = {
     "click-search": "box-only model: the click was turned into a box by search",
     "box+click-edits": "box-only model: the clicks edited the box's mask",
     "restart": "corrected slice",
+    "refine": "refinement clicks on a propagated slice",
 }
 
 

@@ -2,6 +2,8 @@
 
 metrics.py   3D Dice, surface Dice at a tolerance, HD95 (SimpleITK distance maps, voxel spacing)
 evaluate.py  the prompt simulation and the correction loop
+anchors.py   the chain and oracle anchors (same predictor)
+protocol.py  the CVPR 2025 interactive protocol (a box, then refinement clicks via Session.refine)
 report.py    JSON, Markdown table, PNG figures
 cli.py       the `eval` sub-command
 """

@@ -11,7 +11,7 @@ def add_parser(subparsers) -> None:
         "eval",
         help="evaluate a model on labelled volumes with simulated prompts",
         description="Per structure: one tight box on its largest slice, jittered boxes and (where the model supports clicks) "
-                    "one include click, each propagated; 3D Dice, surface Dice 2 mm, HD95, slice extent, encoder passes, "
+                    "one include click, each propagated; beside them the chain and oracle anchors and the CVPR 2025 interactive protocol; 3D Dice, surface Dice 2 mm, HD95, slice extent, encoder passes, "
                     "seconds; and the labelling-efficiency simulation.",
     )
     p.add_argument("--case", nargs="+", action="append", default=[], metavar="FILE",
@@ -23,6 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("-o", "--out", required=True, help="output folder (eval.json, eval.md, one PNG per structure)")
     p.add_argument("--jitter", type=int, default=2, help="jittered-box runs per structure")
     p.add_argument("--no-efficiency", action="store_true", help="skip the correction-loop simulation")
+    p.add_argument("--no-interactive", action="store_true", help="skip the CVPR 2025 protocol (a box, then five refinement clicks)")
+    p.add_argument("--no-anchors", action="store_true", help="skip the chain and oracle anchors (SlideSAMLib/evaluation/anchors.py)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
@@ -58,11 +60,15 @@ def run(args) -> int:
     if not args.no_figures:
         figs = lambda case, res, data: figure(case, res, data, out / f"{safe_name(case.name)}_{safe_name(res['structure'])}.png")
     report = evaluate(model, cases, jitter=args.jitter, with_efficiency=not args.no_efficiency,
-                      seed=args.seed, progress=lambda m: print(f"evaluating {m}", file=sys.stderr), figures=figs)
+                      seed=args.seed, progress=lambda m: print(f"evaluating {m}", file=sys.stderr), figures=figs,
+                      with_anchors=not args.no_anchors, with_interactive=not args.no_interactive)
     write_json(report, out / "eval.json")
     write_markdown(report, out / "eval.md")
     s = report["summary"]
     box = s.get("box", {})
     print(f"wrote {out / 'eval.json'} and eval.md: {len(report['results'])} structures, mean box Dice {box.get('mean_dice', float('nan')):.3f}"
-          + (f", click/box {s['point_vs_box_mean']:.2f}" if "point_vs_box_mean" in s else "") + f", {report['seconds']} s")
+          + (f", click/box {s['point_vs_box_mean']:.2f}" if "point_vs_box_mean" in s else "")
+          + (f", chain {s['anchors']['mean_dice_chain']:.3f}, oracle {s['anchors']['mean_dice_oracle']:.3f}" if "anchors" in s else "")
+          + (f", interactive Dice AUC {s['interactive']['mean_dice_auc']:.3f}" if "interactive" in s else "")
+          + f", {report['seconds']} s")
     return 0

@@ -8,6 +8,13 @@ For each structure (slice axis k):
     click's box search (`SlideSAMLib.clicks`) for a box-only one;
 then 3D Dice, surface Dice at 2 mm, HD95, predicted vs true slice extent, encoder passes, seconds.
 
+Anchors (`anchors.py`, same predictor and embeddings): the naive box-from-previous-mask "chain" from the same
+prompt, and the "oracle" (a reference box on every slice); each structure reports engine / oracle and
+chain − engine, the summary their means.
+
+Interactive protocol (`protocol.py`, CVPR 2025): the box, then five refinement clicks through `Session.refine`;
+Dice and surface Dice after each, their areas under the curve.
+
 Labelling efficiency: start from the "box" result; while 3D Dice < 0.90 the worst slice gets a
 fresh tight box and propagation restarts from it away from the first prompt (the new result
 replaces that side), or, where the worst slice should be empty, that slice and everything beyond
@@ -26,7 +33,7 @@ from ..checkpoint import SlideSAMModel
 from ..errors import InputError
 from ..training.dataset import read_label_names, same_grid
 from ..training.prompts import deepest_point, tight_box
-from . import metrics
+from . import anchors, metrics, protocol
 
 TARGET_DICE = 0.90
 SURFACE_TOLERANCE_MM = 2.0
@@ -71,7 +78,7 @@ def load_case(image_path, label_path, names_path=None, structures: Optional[Sequ
         raise InputError(f"none of the asked structures is in {label_path}: check --structures or leave that case out")
     path = Path(str(image_path))
     return Case(
-        name=name or (f"{path.parent.name}/{path.name}" if path.is_dir() else path.name), image=image, volume=array_of(image), labels=labels,
+        name=name or f"{path.parent.name}/{path.name}", image=image, volume=array_of(image), labels=labels,
         spacing=tuple(image.GetSpacing()), structures=chosen,
         files={"image": str(image_path), "label": str(label_path), "names": str(names_path) if names_path else None},
     )
@@ -124,8 +131,9 @@ def _run(session, truth, spacing, **prompt) -> dict:
     return out, pred
 
 
-def efficiency(session, truth: np.ndarray, start_pred: np.ndarray, k0: int, target: float = TARGET_DICE) -> dict:
-    """Prompts needed to reach `target` Dice with the correction loop, vs a box on every slice."""
+def efficiency(session, truth: np.ndarray, start_pred: np.ndarray, k0: int, target: float = TARGET_DICE,
+               oracle_pred: Optional[np.ndarray] = None) -> dict:
+    """Prompts needed to reach `target` Dice with the correction loop, vs a box on every slice (`oracle_pred`, if computed)."""
     pred = start_pred.copy()
     prompts, dice_now = 1, metrics.dice(pred, truth)
     n_true = int(truth.reshape(truth.shape[0], -1).any(axis=1).sum())
@@ -145,13 +153,8 @@ def efficiency(session, truth: np.ndarray, start_pred: np.ndarray, k0: int, targ
         prompts += 1
         dice_now = metrics.dice(pred, truth)
         history.append(round(dice_now, 4))
-    # The alternative: a box on every slice of the structure, each slice predicted on its own.
-    predictor = session.predictor(2)
-    per_slice_pred = np.zeros_like(truth)
-    for k in np.nonzero(truth.reshape(truth.shape[0], -1).any(axis=1))[0]:
-        predictor.encode([int(k)])
-        p = predictor.predict(int(k), box=tight_box(truth[k]))
-        per_slice_pred[k] = (p.logits[1] > 0).numpy()
+    # The alternative: a box on every slice of the structure, each slice predicted on its own (the oracle anchor).
+    per_slice_pred = oracle_pred if oracle_pred is not None else anchors.oracle(session.predictor(2), truth)
     return {
         "target_dice": target,
         "prompts": prompts,
@@ -163,8 +166,25 @@ def efficiency(session, truth: np.ndarray, start_pred: np.ndarray, k0: int, targ
     }
 
 
+def anchor_runs(session, truth: np.ndarray, spacing, k0: int, box2d) -> tuple:
+    """({"chain": scores, "oracle": scores}, the oracle's mask): `anchors` on the session's own axis-k predictor."""
+    predictor = session.predictor(2)
+    out = {}
+    for name in ("chain", "oracle"):
+        t0, passes0 = time.perf_counter(), predictor.encoder_passes
+        if name == "chain":
+            pred, ends = anchors.chain(predictor, k0, box2d)
+        else:
+            pred = anchors.oracle(predictor, truth)
+        out[name] = scores(pred, truth, spacing)
+        out[name].update(encoder_passes=predictor.encoder_passes - passes0, seconds=round(time.perf_counter() - t0, 2))
+        if name == "chain":
+            out[name]["last_slice"] = ends
+    return out, pred
+
+
 def evaluate_structure(model: SlideSAMModel, case: Case, value: int, jitter: int = 2, with_efficiency: bool = True,
-                       seed: int = 0, session=None) -> dict:
+                       seed: int = 0, session=None, with_anchors: bool = True, with_interactive: bool = True) -> dict:
     """`session`: the case's engine Session, shared by its structures so the volume is encoded once."""
     from ..session import Session
 
@@ -188,14 +208,23 @@ def evaluate_structure(model: SlideSAMModel, case: Case, value: int, jitter: int
     run["click_prompt"] = "decoder" if model.supports_points else "box search"
     out["runs"]["point"] = run
     out["point_vs_box"] = round(run["dice"] / max(out["runs"]["box"]["dice"], 1e-6), 3)
+    oracle_pred = None
+    if with_anchors:
+        out["anchors"], oracle_pred = anchor_runs(session, truth, case.spacing, k0, box2d)
+        engine, orc = out["runs"]["box"]["dice"], out["anchors"]["oracle"]["dice"]
+        out["engine_vs_oracle"] = round(engine / orc, 3) if orc > 0 else None
+        out["chain_minus_engine"] = round(out["anchors"]["chain"]["dice"] - engine, 4)
     if with_efficiency:
-        out["efficiency"] = efficiency(session, truth, figure["box_pred"], k0)
+        out["efficiency"] = efficiency(session, truth, figure["box_pred"], k0, oracle_pred=oracle_pred)
+    if with_interactive:
+        out["interactive"] = protocol.interactive(session, truth, case.spacing, k0, figure["box_pred"])
     out["encoder_passes_total"] = session.encoder_passes - passes_before  # new passes for this structure
     return out, figure
 
 
 def evaluate(model: SlideSAMModel, cases: Sequence[Case], jitter: int = 2, with_efficiency: bool = True,
-             seed: int = 0, progress: Optional[Callable[[str], None]] = None, figures: Optional[Callable] = None) -> dict:
+             seed: int = 0, progress: Optional[Callable[[str], None]] = None, figures: Optional[Callable] = None,
+             with_anchors: bool = True, with_interactive: bool = True) -> dict:
     t0 = time.perf_counter()
     results = []
     from ..session import Session
@@ -208,7 +237,8 @@ def evaluate(model: SlideSAMModel, cases: Sequence[Case], jitter: int = 2, with_
                 continue
             if progress:
                 progress(f"{case.name}: {case.structures[value]}")
-            res, fig = evaluate_structure(model, case, value, jitter, with_efficiency, seed, session=session)
+            res, fig = evaluate_structure(model, case, value, jitter, with_efficiency, seed, session=session, with_anchors=with_anchors,
+                                          with_interactive=with_interactive)
             results.append(res)
             if figures:
                 figures(case, res, fig)
@@ -232,7 +262,39 @@ def summarise(results: List[dict]) -> dict:
     if eff:
         out["efficiency"] = {"prompts": int(sum(e["prompts"] for e in eff)), "box_every_slice_prompts": int(sum(e["box_every_slice_prompts"] for e in eff)),
                              "reached": int(sum(e["reached"] for e in eff)), "structures": len(eff)}
+    with_anchors = [r for r in results if "anchors" in r]
+    if with_anchors:
+        out["anchors"] = summarise_anchors(with_anchors)
+    inter = [r["interactive"] for r in results if "interactive" in r]
+    if inter:
+        out["interactive"] = {
+            "structures": len(inter),
+            "mean_dice_curve": [round(float(np.mean([i["curve"][n]["dice"] for i in inter])), 4) for n in range(len(inter[0]["curve"]))],
+            "mean_surface_dice_curve": [round(float(np.mean([i["curve"][n]["surface_dice_2mm"] for i in inter])), 4) for n in range(len(inter[0]["curve"]))],
+            "mean_dice_auc": round(float(np.mean([i["dice_auc"] for i in inter])), 4),
+            "mean_surface_dice_auc": round(float(np.mean([i["surface_dice_auc"] for i in inter])), 4),
+        }
     ratios = [r["point_vs_box"] for r in results if "point_vs_box" in r]
     if ratios:
         out["point_vs_box_mean"] = round(float(np.mean(ratios)), 3)
     return out
+
+
+def summarise_anchors(results: List[dict]) -> dict:
+    """Means of engine (one box), chain and oracle, the engine / oracle ratios and the issue-12 checks per structure."""
+    mean = lambda xs: round(float(np.mean(xs)), 4)
+    engine = [r["runs"]["box"]["dice"] for r in results]
+    chain = [r["anchors"]["chain"]["dice"] for r in results]
+    orc = [r["anchors"]["oracle"]["dice"] for r in results]
+    ratios = [r["engine_vs_oracle"] for r in results if r["engine_vs_oracle"] is not None]
+    return {
+        "structures": len(results),
+        "mean_dice_engine": mean(engine), "mean_dice_chain": mean(chain), "mean_dice_oracle": mean(orc),
+        "mean_surface_dice_2mm_engine": mean([r["runs"]["box"]["surface_dice_2mm"] for r in results]),
+        "mean_surface_dice_2mm_chain": mean([r["anchors"]["chain"]["surface_dice_2mm"] for r in results]),
+        "mean_surface_dice_2mm_oracle": mean([r["anchors"]["oracle"]["surface_dice_2mm"] for r in results]),
+        "mean_engine_over_mean_oracle": round(float(np.mean(engine) / np.mean(orc)), 3) if np.mean(orc) > 0 else None,
+        "mean_engine_vs_oracle": round(float(np.mean(ratios)), 3) if ratios else None,
+        "engine_below_0.9_oracle": sum(e < 0.9 * o for e, o in zip(engine, orc)),
+        "chain_better_by_more_than_0.02": sum(c > e + 0.02 for e, c in zip(engine, chain)),
+    }

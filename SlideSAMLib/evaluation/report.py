@@ -42,6 +42,7 @@ def markdown(report: dict) -> str:
     for r in report["results"]:
         for name, run in r["runs"].items():
             lines.append(f"| {r['case']} | {r['structure']} | {name} | " + " | ".join(_fmt(run.get(c)) for c in RUN_COLUMNS) + " |")
+    lines += anchor_lines(report) + interactive_lines(report)
     eff = [r for r in report["results"] if "efficiency" in r]
     if eff:
         lines += ["", "Labelling efficiency (prompts until 3D Dice ≥ 0.90: one box + corrections, vs a box on every slice):", "",
@@ -58,6 +59,49 @@ def markdown(report: dict) -> str:
     if "point_vs_box_mean" in s:
         lines += ["", f"One include click vs one box (mean ratio of 3D Dice): {s['point_vs_box_mean']:.3f}"]
     return "\n".join(lines) + "\n"
+
+
+def anchor_lines(report: dict) -> list:
+    """The engine (one box) beside the chain and oracle anchors, per structure and on average."""
+    rows = [r for r in report["results"] if "anchors" in r]
+    if not rows:
+        return []
+    lines = ["", "Anchors (same model, same run): chain = box from the previous slice's mask until it vanishes; "
+             "oracle = the reference's tight box on every slice of the structure. 3D Dice (surface Dice 2 mm).", "",
+             "| case | structure | voxels | engine box | chain | oracle | engine / oracle | chain − engine | chain slices |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        e, c, o = r["runs"]["box"], r["anchors"]["chain"], r["anchors"]["oracle"]
+        lines.append(f"| {r['case']} | {r['structure']} | {r['voxels']} | {e['dice']:.3f} ({e['surface_dice_2mm']:.3f}) | "
+                     f"{c['dice']:.3f} ({c['surface_dice_2mm']:.3f}) | {o['dice']:.3f} ({o['surface_dice_2mm']:.3f}) | "
+                     f"{_fmt(r['engine_vs_oracle'])} | {r['chain_minus_engine']:+.3f} | {_fmt(c['extent_pred'])} |")
+    a = report["summary"]["anchors"]
+    lines.append(f"| **mean** | {a['structures']} structures | | **{a['mean_dice_engine']:.3f}** ({a['mean_surface_dice_2mm_engine']:.3f}) | "
+                 f"{a['mean_dice_chain']:.3f} ({a['mean_surface_dice_2mm_chain']:.3f}) | {a['mean_dice_oracle']:.3f} ({a['mean_surface_dice_2mm_oracle']:.3f}) | "
+                 f"{_fmt(a['mean_engine_vs_oracle'])} | | |")
+    lines += ["", f"Mean engine / mean oracle: {_fmt(a['mean_engine_over_mean_oracle'])}; structures with engine < 0.9 × oracle: "
+              f"{a['engine_below_0.9_oracle']} of {a['structures']}; with the chain better by more than 0.02: {a['chain_better_by_more_than_0.02']}."]
+    return lines
+
+
+def interactive_lines(report: dict) -> list:
+    """The CVPR 2025 protocol: Dice after the box and each refinement click, and the areas under the curves."""
+    rows = [r for r in report["results"] if "interactive" in r]
+    if not rows:
+        return []
+    n = len(rows[0]["interactive"]["curve"])
+    lines = ["", "Interactive protocol (CVPR 2025): one box, then refinement clicks at the centre of the largest error region of the "
+             "worst slice; 3D Dice after each interaction; AUC over the clicks (trapezoids, unit spacing).", "",
+             "| case | structure | box | " + " | ".join(f"click {i}" for i in range(1, n)) + " | Dice AUC | surface Dice AUC |",
+             "|---|---|" + "---|" * (n + 2)]
+    for r in rows:
+        it = r["interactive"]
+        lines.append(f"| {r['case']} | {r['structure']} | " + " | ".join(f"{c['dice']:.3f}" for c in it["curve"])
+                     + f" | {it['dice_auc']:.3f} | {it['surface_dice_auc']:.3f} |")
+    s = report["summary"]["interactive"]
+    lines.append(f"| **mean** | {s['structures']} structures | " + " | ".join(f"{v:.3f}" for v in s["mean_dice_curve"])
+                 + f" | {s['mean_dice_auc']:.3f} | {s['mean_surface_dice_auc']:.3f} |")
+    return lines
 
 
 def write_markdown(report: dict, path: Path) -> Path:
