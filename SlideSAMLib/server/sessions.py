@@ -83,6 +83,7 @@ class SessionEntry:
             "shape_kji": list(self.session.volume.shape),
             "dtype": self.session.volume.dtype.str,
             "modality": self.session.modality,
+            "modality_reason": self.session.modality_reason,
             **self.geometry,
             "cached_bytes": cache.bytes_of(self.key),
             "encoder_passes": self.session.encoder_passes,

@@ -9,17 +9,18 @@ from SlideSAMLib import EmbeddingCache, Session, array_of, load_model
 from SlideSAMLib.predictor import WindowPredictor
 
 K = 60
+SPACING = (3.0, 3.0, 3.0)  # example_ct's
 
 
 def test_a_new_session_at_a_reused_address_encodes_its_own_volume(model, ct_image):
     cache = EmbeddingCache()
     volume = array_of(ct_image)
     flipped = np.ascontiguousarray(volume[:, ::-1])  # another volume, made before the first session is freed
-    first = Session(model, volume, cache=cache)
+    first = Session(model, volume, cache=cache, spacing=SPACING)
     first.predictor(2).encode([K])
     address = id(first)
     del first  # CPython gives the freed address to the next object of its size: here the next Session
-    second = Session(model, flipped, cache=cache)
+    second = Session(model, flipped, cache=cache, spacing=SPACING)
     print("address reused:", id(second) == address)
     assert not second.predictor(2).is_encoded(K)
     second.predictor(2).encode([K])
@@ -30,7 +31,7 @@ def test_another_encoder_or_model_does_not_read_the_embeddings(ct_image):
     cache = EmbeddingCache()
     volume = array_of(ct_image)
     model = load_model(device="cpu", encoder="torch")
-    session = Session(model, volume, cache=cache)
+    session = Session(model, volume, cache=cache, spacing=SPACING)
     session.predictor(2).encode([K])
     assert session.predictor(2).is_encoded(K)
     # the same weights on another encoder backend: ONNX Runtime's embeddings are not PyTorch's

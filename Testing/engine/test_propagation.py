@@ -154,6 +154,18 @@ def test_bad_spacing_is_refused_in_one_line(model, ct_labels, spacing):
     assert "\n" not in str(err.value)
 
 
+def test_unknown_spacing_is_said_in_one_line(model, ct_labels, caplog):
+    """Lengths are in mm (margin, step, tail): a session without the voxel size says that it assumes 1 mm."""
+    from SlideSAMLib import Session
+
+    with caplog.at_level("WARNING", logger="slidesam"):
+        assumed = Session(model, ct_labels)
+        given = Session(model, ct_labels, spacing=(3.0, 3.0, 3.0))
+    lines = [r.getMessage() for r in caplog.records if "spacing" in r.getMessage()]
+    assert len(lines) == 1 and "1 mm assumed" in lines[0] and "\n" not in lines[0]
+    assert assumed.spacing_assumed and assumed.spacing == (1.0, 1.0, 1.0) and not given.spacing_assumed
+
+
 def test_bad_largest_area_is_refused_before_any_work(ct_session, ct_labels):
     label = ct_labels == ORGANS["kidney_right"]
     k = int(label.sum(axis=(1, 2)).argmax())

@@ -17,7 +17,8 @@ def test_shared_model_keeps_the_encoder_and_locks_each_encode(backend):
     lock = FairLock()
     shared = shared_model(model, lock)
     assert shared.encoder_backend == backend and shared.embedding_identity == model.embedding_identity
-    predictor = Session(model, array_of(read_image(CT))).predictor(2)
+    image = read_image(CT)
+    predictor = Session(model, array_of(image), spacing=image.GetSpacing()).predictor(2)
     x = window_to_input(predictor.window(80), predictor.geometry, model.spec.preprocessing)[None]
     grants = lock.grants
     embedding = shared.encode(x)
