@@ -48,6 +48,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         self._cache = None
         self.writer = SegmentWriter()
         self._lastAxis = {}  # (segmentation node ID, segment ID) -> IJK axis of the last run
+        self._generation = 0  # bumped by clearState: a session made for an older scene is not kept
 
     # -- model and sessions ------------------------------------------------------
     def setModel(self, model):
@@ -86,8 +87,11 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         for session in sessions:
             threading.Thread(target=session.close, daemon=True).start()
 
-    def onSceneClosed(self):
-        """The scene was closed: node IDs will be reused, so sessions, undo stacks and remembered axes go."""
+    def clearState(self):
+        """Forget everything kept under node IDs — sessions, undo steps, last axes — when the scene closes: a new
+        scene reuses the IDs (vtkMRMLScene numbers nodes per class from 1 again).  The engine process stays."""
+        with self._modelLock:
+            self._generation += 1
         self._closeSessions()
         self.writer = SegmentWriter()
         self._lastAxis.clear()
@@ -167,12 +171,12 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
             entry = self._sessions.get(volumeId)
         voxels = None if entry is not None and entry[0] == key else np.array(slicer.util.arrayFromVolume(volumeNode))
         spacing = volumeNode.GetSpacing()  # IJK voxel size: the stop rule measures lengths along the slice axis
-        model, server = self._model, self.server
+        model, server, generation = self._model, self.server, self._generation
         geometryLps = geometry.itk_geometry(volumeNode) if model is None and voxels is not None else None
 
         def get():
             with self._modelLock:
-                cached = self._sessions.get(volumeId)
+                cached = self._sessions.get(volumeId) if generation == self._generation else None
             if cached is not None and cached[0] == key:
                 return cached[1]
             if model is not None:
@@ -193,6 +197,8 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
 
                 session = EngineSession(self.engine(), voxels, *geometryLps)
             with self._modelLock:
+                if generation != self._generation:  # the scene closed meanwhile: its node IDs mean nothing now
+                    return session
                 old = self._sessions.get(volumeId)
                 self._sessions[volumeId] = (key, session)  # replaces the session of an older version of the volume
             if old is not None:
@@ -294,8 +300,13 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
                     replaced.update(range(job.corrected_index + 1, hi + 1))
                 else:
                     replaced.update(range(lo, job.corrected_index))
-        rules = EditRules.from_editor(job.editor_node, segmentationNode, segmentId, volumeNode)
-        changed = self.writer.apply(volumeNode, segmentationNode, segmentId, axis, masks, replaced, rules, created_segment=created)
+        try:  # all or nothing: the writer rolls back its own writes; a segment created for this run goes too
+            rules = EditRules.from_editor(job.editor_node, segmentationNode, segmentId, volumeNode)
+            changed = self.writer.apply(volumeNode, segmentationNode, segmentId, axis, masks, replaced, rules, created_segment=created)
+        except Exception:
+            if created:
+                segmentationNode.GetSegmentation().RemoveSegment(segmentId)
+            raise
         self._lastAxis[(segmentationNode.GetID(), segmentId)] = axis
         info = [i.as_dict() for r in results for i in r.info]
         stopped = {}
