@@ -89,7 +89,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
 
     def clearState(self):
         """Forget everything kept under node IDs — sessions, undo steps, last axes — when the scene closes: a new
-        scene reuses the IDs (vtkMRMLScene numbers nodes per class from 1 again)."""
+        scene reuses the IDs (vtkMRMLScene numbers nodes per class from 1 again).  The engine process stays."""
         with self._modelLock:
             self._generation += 1
         self._closeSessions()  # takes the lock itself

@@ -5,7 +5,7 @@ releases it), so a Python thread in Slicer's process runs only during the main t
 Here the main thread sleeps in `usleep(TICK_US)` through `ctypes.PyDLL` (a PyDLL call keeps the GIL),
 then polls the job for one tick, as the widget's QTimer does.
 
-    python gil_harness.py MODE OUT.json [--encoder auto|torch|onnx] [--threads N]
+    python gil_harness.py MODE OUT.json [--encoder auto|torch|onnx] [--threads N] [--range A B]
 MODE  session   the engine's Session.segment on the main thread, no emulation (what `slidesam segment` runs)
       engine    the module's job path (prepareSegment, BackgroundJob, applyJob) with the model in a LocalEngine process
       inthread  the same job path with the model in this process (the design before issue 11)
@@ -68,7 +68,7 @@ def run_session(args) -> dict:
     image = sitk.ReadImage(str(CT))
     session = Session(model, sitk.GetArrayFromImage(image), spacing=image.GetSpacing())
     start, cpu = time.perf_counter(), time.process_time()
-    result = session.segment(box=BOX_IJK, direction=DIRECTION)
+    result = session.segment(box=BOX_IJK, direction=DIRECTION, slice_range=args.range)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     mask = result.volume_mask()
     return {"wall_s": wall, "cpu_s": cpu, "engine_pid": os.getpid(), "slices": result.slices, "digest": digest(mask), "voxels": int(np.count_nonzero(mask)),
@@ -104,7 +104,8 @@ def run_job(args, in_process: bool) -> dict:
     usleep.argtypes = [ctypes.c_uint]
     ticks = 0
     start, cpu = time.perf_counter(), time.process_time()
-    job = logic.prepareSegment(node, seg, "kidney_left", box=tuple(ras_of(node, c) for c in BOX_IJK), direction=DIRECTION)
+    job = logic.prepareSegment(node, seg, "kidney_left", box=tuple(ras_of(node, c) for c in BOX_IJK), direction=DIRECTION,
+                               sliceRange=args.range)
     if not logic.ensureDependencies(confirm=lambda text: False):
         raise SystemExit("the engine's packages are missing")
     background = BackgroundJob(job.run).start()
@@ -130,6 +131,7 @@ def main() -> int:
     parser.add_argument("out")
     parser.add_argument("--encoder", default="auto", choices=["auto", "torch", "onnx"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--range", nargs=2, type=int, default=None, metavar=("A", "B"), help="limit propagation to slices A..B (tests: shorter)")
     args = parser.parse_args()
     out = run_session(args) if args.mode == "session" else run_job(args, in_process=args.mode == "inthread")
     out.update(mode=args.mode, encoder=args.encoder, threads=args.threads, pid=os.getpid(),
