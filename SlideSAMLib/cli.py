@@ -57,7 +57,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--range", nargs=2, type=int, metavar=("A", "B"), dest="slice_range", help="limit propagation to slices A..B")
     p.add_argument("--coords", choices=["voxel", "lps", "ras"], default="voxel", help="coordinates of --box/--point/--slice (default voxel indices)")
     p.add_argument("--modality", choices=["auto", "ct", "mr"], default="auto",
-                   help="intensity normalisation: ct (Hounsfield units) or mr; auto (default) decides from the voxel values")
+                   help="intensity normalisation: ct (Hounsfield units) or mr; auto (default) decides from the image")
     p.add_argument("--checkpoint", help="model file or adapter folder (default: the embedded LiteMedSAM model)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
     p.add_argument("--encoder", choices=ENCODER_BACKENDS, default=None, help=ENCODER_HELP)
