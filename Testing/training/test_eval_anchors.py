@@ -13,7 +13,7 @@ def test_eval_json_holds_anchors_and_the_oracle_is_a_box_per_slice(data_dir, mod
     d = data_dir / "mr_breast_lesion"
     out = tmp_path / "eval"
     code = main(["eval", "--case", str(d / "image.nrrd"), str(d / "label.nrrd"), "--jitter", "0", "--no-efficiency",
-                 "--no-figures", "--device", "cpu", "-o", str(out)])
+                 "--no-interactive", "--no-figures", "--device", "cpu", "-o", str(out)])
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "eval.json").read_text())
     (res,) = report["results"]
