@@ -28,6 +28,7 @@ EXTRA_COMMANDS = {
     "train": "SlideSAMLib.training.cli",
     "pseudo2d": "SlideSAMLib.training.pseudo",
     "eval": "SlideSAMLib.evaluation.cli",
+    "refine": "SlideSAMLib.refine_cli",
     "serve": "SlideSAMLib.server.cli",
 }
 

@@ -68,15 +68,18 @@ def anchor_lines(report: dict) -> list:
         return []
     lines = ["", "Anchors (same model, same run): chain = box from the previous slice's mask until it vanishes; "
              "oracle = the reference's tight box on every slice of the structure. 3D Dice (surface Dice 2 mm).", "",
-             "| case | structure | voxels | engine box | chain | oracle | engine / oracle | chain − engine | chain slices |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| case | structure | voxels | engine box | engine click | chain | oracle | engine / oracle | chain − engine | chain slices |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         e, c, o = r["runs"]["box"], r["anchors"]["chain"], r["anchors"]["oracle"]
-        lines.append(f"| {r['case']} | {r['structure']} | {r['voxels']} | {e['dice']:.3f} ({e['surface_dice_2mm']:.3f}) | "
+        click = f"{r['runs']['point']['dice']:.3f}" if "point" in r["runs"] else "–"
+        lines.append(f"| {r['case']} | {r['structure']} | {r['voxels']} | {e['dice']:.3f} ({e['surface_dice_2mm']:.3f}) | {click} | "
                      f"{c['dice']:.3f} ({c['surface_dice_2mm']:.3f}) | {o['dice']:.3f} ({o['surface_dice_2mm']:.3f}) | "
                      f"{_fmt(r['engine_vs_oracle'])} | {r['chain_minus_engine']:+.3f} | {_fmt(c['extent_pred'])} |")
     a = report["summary"]["anchors"]
-    lines.append(f"| **mean** | {a['structures']} structures | | **{a['mean_dice_engine']:.3f}** ({a['mean_surface_dice_2mm_engine']:.3f}) | "
+    clicks = [r["runs"]["point"]["dice"] for r in rows if "point" in r["runs"]]
+    mean_click = f"{sum(clicks) / len(clicks):.3f}" if clicks else "–"
+    lines.append(f"| **mean** | {a['structures']} structures | | **{a['mean_dice_engine']:.3f}** ({a['mean_surface_dice_2mm_engine']:.3f}) | {mean_click} | "
                  f"{a['mean_dice_chain']:.3f} ({a['mean_surface_dice_2mm_chain']:.3f}) | {a['mean_dice_oracle']:.3f} ({a['mean_surface_dice_2mm_oracle']:.3f}) | "
                  f"{_fmt(a['mean_engine_vs_oracle'])} | | |")
     lines += ["", f"Mean engine / mean oracle: {_fmt(a['mean_engine_over_mean_oracle'])}; structures with engine < 0.9 × oracle: "

@@ -13,7 +13,7 @@ def test_eval_json_holds_anchors_and_the_oracle_is_a_box_per_slice(data_dir, mod
     d = data_dir / "mr_breast_lesion"
     out = tmp_path / "eval"
     code = main(["eval", "--case", str(d / "image.nrrd"), str(d / "label.nrrd"), "--jitter", "0", "--no-efficiency",
-                 "--no-figures", "--device", "cpu", "-o", str(out)])
+                 "--no-interactive", "--no-figures", "--device", "cpu", "-o", str(out)])
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "eval.json").read_text())
     (res,) = report["results"]
@@ -41,17 +41,19 @@ def test_eval_json_holds_anchors_and_the_oracle_is_a_box_per_slice(data_dir, mod
     assert "| mr_breast_lesion/image.nrrd | label 1 | 143 |" in md and "Mean engine / mean oracle" in md
 
 
-def test_chain_stops_where_the_mask_vanishes_and_starts_from_the_prompt_box(model, ct_image, ct_labels):
-    """kidney_left of example_ct (training volume): the chain's prompt slice is the oracle's, and it ends by vanishing."""
-    session = Session(model, array_of(ct_image), spacing=ct_image.GetSpacing())
-    truth = ct_labels == 3
+def test_chain_starts_from_the_prompt_box_and_runs_until_its_mask_is_empty(data_dir, model):
+    """kidney_left of mr_abdomen (training volume): the chain's prompt slice is the oracle's, its slices are one
+    run from there, and each side ends on an empty mask or at the volume's end."""
+    d = data_dir / "mr_abdomen"
+    image = read_image(d / "example_mr_sm.nii.gz")
+    truth = array_of(read_image(d / "example_seg_mr.nii.gz")) == 3
+    predictor = Session(model, array_of(image), spacing=image.GetSpacing()).predictor(2)
     k0 = int(truth.sum(axis=(1, 2)).argmax())
-    predictor = session.predictor(2)
     chained, ends = anchors.chain(predictor, k0, tight_box(truth[k0]))
     orc = anchors.oracle(predictor, truth)
     assert np.array_equal(chained[k0], orc[k0]) and chained[k0].any()
     ks = np.nonzero(chained.any(axis=(1, 2)))[0]
     assert (ks[0], ks[-1]) == (ends["down"], ends["up"]) and list(ks) == list(range(ks[0], ks[-1] + 1))
-    for k, d in ((ends["up"], 1), (ends["down"], -1)):  # stopped by an empty mask, not by the volume's end
-        assert 0 <= k + d < truth.shape[0] and not chained[k + d].any()
+    for k, d in ((ends["up"], 1), (ends["down"], -1)):
+        assert not 0 <= k + d < truth.shape[0] or not chained[k + d].any()
     assert not orc[~truth.any(axis=(1, 2))].any()

@@ -1,0 +1,30 @@
+"""Merge the eval.json files of benchmarks/eval_anchors.sh into one anchors table (Markdown on stdout).
+
+    python benchmarks/anchors_table.py OUT/evaluation_only_part1 OUT/... > table.md
+"""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from SlideSAMLib.evaluation.evaluate import summarise  # noqa: E402
+from SlideSAMLib.evaluation.report import anchor_lines  # noqa: E402
+
+
+def main(folders):
+    results, seconds = [], 0.0
+    for f in folders:
+        report = json.loads((Path(f) / "eval.json").read_text())
+        results += report["results"]
+        seconds += report["seconds"]
+    merged = {"results": results, "summary": summarise(results)}
+    print("\n".join(anchor_lines(merged)[2:]))
+    s = merged["summary"]
+    click = [r["runs"]["point"]["dice"] for r in results if "point" in r["runs"]]
+    if click:
+        print(f"\nOne include click (3D Dice, mean over {len(click)}): {sum(click) / len(click):.3f}; "
+              f"click / box, mean ratio: {s.get('point_vs_box_mean', float('nan')):.3f}; eval time {seconds:.0f} s in all.")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
