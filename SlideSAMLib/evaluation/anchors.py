@@ -15,12 +15,18 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 
 from ..predictor import WindowPredictor
-from ..propagation import grown_box, slice_pixels
+from ..propagation import grown_box
 from ..training.prompts import tight_box
 
 # The margin of the MedSAM CVPR 2024 LiteMedSAM inference script's 3D chain: get_bbox256(mask, bbox_shift=3),
 # i.e. 3 pixels of the 256-pixel model input on each side of the previous slice's mask.
 CHAIN_MARGIN_MODEL_PX = 3.0
+
+
+def slice_pixels(geometry, model_px: float) -> Tuple[float, float]:
+    """(x, y) slice pixels that make `model_px` pixels of the model's input (the chain's margin is set in those)."""
+    rh, rw = geometry.resized
+    return model_px * geometry.cols / rw, model_px * geometry.rows / rh
 
 
 def _centre_mask(predictor: WindowPredictor, k: int, box: Sequence[float]) -> np.ndarray:
