@@ -24,6 +24,7 @@ EXTRA_COMMANDS = {
     "pseudo2d": "SlideSAMLib.training.pseudo",
     "eval": "SlideSAMLib.evaluation.cli",
     "serve": "SlideSAMLib.server.cli",
+    "web": "SlideSAMLib.web.cli",
 }
 
 
