@@ -43,7 +43,7 @@ class SlideSAMWebLogic:
                 slidesam_engine=engine_label, slidesam_busy=False, slidesam_direction="both", slidesam_progress=0,
                 slidesam_message="load a volume, then place a box", slidesam_error="", slidesam_can_undo=False,
                 slidesam_basename="segmentation", slidesam_views={}, slidesam_last={},
-                slidesam_prompt={"box_mm": [0, 0, 0], "box_defined": 0, "include": 0, "exclude": 0},
+                slidesam_prompt={"box_mm": [0, 0, 0], "include": 0, "exclude": 0, "placing": False},
             )
         )
 
@@ -65,7 +65,12 @@ class SlideSAMWebLogic:
             for signal in undo.signals():
                 signal.connect(self._undo_changed)
             self._undo_connected = True
+        interaction = self.app.markups_logic.interaction_node
+        if interaction is not None and interaction.GetID() not in self._observed_points:
+            interaction.AddObserver("ModifiedEvent", self._prompt_changed)
+            self._observed_points.add(interaction.GetID())
         self._views_changed()
+        self._prompt_changed()
         self._set(message=f"loaded {name}: place a box (Box, then drag on a slice view)", error="")
 
     def _slice_nodes(self):
@@ -116,16 +121,22 @@ class SlideSAMWebLogic:
         self.app.markups_logic.place_node(roi, False)
         self._set(message="drag a box around the structure on a slice view", error="")
 
-    def _prompt_changed(self, *_):
-        """What the page shows of the prompt: the box's size (mm) and the number of clicks placed."""
-        box, include, exclude = self._prompt_nodes()
+    @staticmethod
+    def _box_size(box):
         size = [0.0] * 3
-        if box is not None:
-            box.GetSizeWorld(size)
+        box.GetSizeWorld(size)
+        return [round(v, 1) for v in size]
+
+    def _prompt_changed(self, *_):
+        """What the page shows of the prompt: the box's size (mm), the clicks placed, and whether a placement is under way."""
+        box, include, exclude = self._prompt_nodes()
         count = lambda node: node.GetNumberOfDefinedControlPoints() if node is not None else 0  # noqa: E731
+        interaction = self.app.markups_logic.interaction_node
+        placing = interaction is not None and interaction.GetCurrentInteractionMode() == interaction.Place
         with self.server.state:
             self.server.state.slidesam_prompt = {
-                "box_mm": [round(v, 1) for v in size], "box_defined": count(box), "include": count(include), "exclude": count(exclude),
+                "box_mm": self._box_size(box) if box is not None else [0, 0, 0], "include": count(include), "exclude": count(exclude),
+                "placing": bool(placing),
             }
 
     def _place_points(self, name: str, colour) -> None:
@@ -156,8 +167,8 @@ class SlideSAMWebLogic:
 
     def _prompt_nodes(self):
         box = self.app.scene.GetFirstNodeByName(BOX_NODE)
-        if box is not None and box.GetNumberOfControlPoints() == 0:
-            box = None
+        if box is not None and box.GetNumberOfControlPoints() == 0 and not self._box_size(box)[0]:
+            box = None  # Box pressed, nothing placed yet (a finished ROI keeps its size and drops its points)
         include = self.app.scene.GetFirstNodeByName(INCLUDE_NODE)
         exclude = self.app.scene.GetFirstNodeByName(EXCLUDE_NODE)
         return box, include, exclude
@@ -225,6 +236,7 @@ class SlideSAMWebLogic:
                 report = self.logic.applyJob(job)
             segmentation.trigger_modified()
             self.editor.set_active_segment_id(report.segmentId)
+            self._show_prompt_in_other_views()
         except SlideSAMError as exc:
             self._set(busy=False, error=str(exc), message=f"{kind} failed")
             return
@@ -241,6 +253,17 @@ class SlideSAMWebLogic:
                        seconds_first_progress=round(first[0], 3) if first else None, seconds_total=round(total, 3))
         self._set(busy=False, progress=100, last=summary,
                   message=f"{'cancelled: kept' if report.cancelled else 'wrote'} {len(slices)} slices ({span}) into '{name}' in {total:.1f} s")
+
+    def _show_prompt_in_other_views(self) -> None:
+        """Move the other slice views through the box's centre, so the result shows in all three."""
+        box = self.app.scene.GetFirstNodeByName(BOX_NODE)
+        if box is None:
+            return
+        centre = [0.0] * 3
+        box.GetCenterWorld(centre)
+        for node in self._slice_nodes():
+            if node is not self._prompt_view:
+                node.JumpSliceByOffsetting(*centre)
 
     def cancel(self) -> None:
         self._cancel.set()

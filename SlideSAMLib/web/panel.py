@@ -30,7 +30,7 @@ def build_panel(server, ctrl):
                 _button("Exclude", ctrl.place_exclude, "slidesam-exclude", "mdi-minus-circle", disabled=("slidesam_busy",))
                 _button("Clear", ctrl.clear_prompts, "slidesam-clear", "mdi-close", disabled=("slidesam_busy",))
             html.Div(
-                "box {{ slidesam_prompt.box_defined ? slidesam_prompt.box_mm.join(' x ') + ' mm' : 'not placed' }}, "
+                "box {{ slidesam_prompt.box_mm[0] ? slidesam_prompt.box_mm.join(' x ') + ' mm' : 'not placed' }}, "
                 "{{ slidesam_prompt.include }} include, {{ slidesam_prompt.exclude }} exclude",
                 id="slidesam-prompt", classes="text-caption",
             )
