@@ -20,14 +20,14 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 
 from ._version import __version__
 from .errors import InputError, SlideSAMError
-from .wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, decode_masks, encode_mask2d, encode_volume, version_major, MaskResultMixin
+from .contract import CancelFn, ContractSession, ProgressFn, Request, RestartRequest, Result, SegmentRequest, SliceRecord  # noqa: F401  (SliceRecord: re-exported)
+from .wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, encode_volume, version_major
 
 log = logging.getLogger("slidesam.client")
 DEFAULT_TIMEOUT_S = 120.0  # per socket operation; a running job sends a line at least every 0.5 s
@@ -49,52 +49,7 @@ class VersionMismatch(ServerError):
     """Client and server differ in their major version."""
 
 
-class SliceRecord(dict):
-    """One slice's scores as the server sent them: a dict, also readable as attributes (record.iou)."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def as_dict(self) -> dict:
-        return dict(self)
-
-
-@dataclass
-class RemoteResult(MaskResultMixin):
-    """What the engine's PropagationResult holds, rebuilt from the server's answer."""
-
-    axis: int
-    stack_shape: Tuple[int, int, int]
-    slice_masks: Dict[int, np.ndarray] = field(default_factory=dict)
-    info: List[SliceRecord] = field(default_factory=list)
-    stopped: Dict[str, str] = field(default_factory=dict)
-    cancelled: bool = False
-    encoder_passes: int = 0
-    seconds: float = 0.0
-    prompt: str = ""
-    model: str = ""
-    job: str = ""
-
-
-
-def _result_from(event: dict, job: str) -> RemoteResult:
-    shape = tuple(int(v) for v in event["stack_shape"])
-    return RemoteResult(
-        axis=int(event["axis"]),
-        stack_shape=shape,
-        slice_masks=decode_masks(event["slices"], event["masks"], shape[1:]),
-        info=[SliceRecord(i) for i in event["info"]],
-        stopped=dict(event["stopped"]),
-        cancelled=bool(event["cancelled"]),
-        encoder_passes=int(event["encoder_passes"]),
-        seconds=float(event["seconds"]),
-        prompt=event.get("prompt", ""),
-        model=event.get("model", ""),
-        job=job,
-    )
+RemoteResult = Result  # the name before contract.py: one result type for local and remote runs
 
 
 class SlideSAMClient:
@@ -180,9 +135,11 @@ class SlideSAMClient:
         except ValueError:
             raise ServerError(f"the server at {self.url} sent a malformed progress line: it may not be a SlideSAM server") from None
 
-    def _job(self, session_id: str, path: str, payload: dict, progress, cancel) -> RemoteResult:
+    def run(self, session_id: str, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> Result:
+        """Run a SegmentRequest or RestartRequest on the server's session; progress and cancel as `Session.segment`."""
+        path = "segment" if isinstance(request, SegmentRequest) else "restart"
         job, cancel_sent = "", False
-        with self._open("POST", f"/sessions/{session_id}/{path}", json.dumps(payload).encode(), "application/json") as response:
+        with self._open("POST", f"/sessions/{session_id}/{path}", json.dumps(request.to_json()).encode(), "application/json") as response:
             if "json" in response.headers.get("Content-Type", "") and "ndjson" not in response.headers.get("Content-Type", ""):
                 raise ServerError(f"the server at {self.url} answered a job with a plain JSON body: it may not be a SlideSAM server")
             for event in self._events(response):
@@ -192,7 +149,7 @@ class SlideSAMClient:
                 elif kind == "progress" and progress is not None:
                     progress(float(event["fraction"]), str(event["message"]))
                 elif kind == "result":
-                    return _result_from(event, job)
+                    return Result.from_json(event, job)
                 elif kind == "error":
                     raise self._http_error(int(event.get("status", 500)), str(event.get("message", "")))
                 if cancel is not None and not cancel_sent and job and cancel():
@@ -225,54 +182,13 @@ class SlideSAMClient:
     def session_info(self, session_id: str) -> dict:
         return self._json("GET", f"/sessions/{session_id}")
 
-    def segment(
-        self,
-        session_id: str,
-        box: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
-        points: Sequence[Tuple[Sequence[float], bool]] = (),
-        axis: Optional[int] = None,
-        direction: str = "both",
-        slice_range: Optional[Tuple[int, int]] = None,
-        progress: Optional[Callable[[float, str], None]] = None,
-        cancel: Optional[Callable[[], bool]] = None,
-    ) -> RemoteResult:
+    def segment(self, session_id: str, box=None, points=(), axis=None, direction="both", slice_range=None, progress=None, cancel=None) -> Result:
         """As `Session.segment` (voxel IJK prompts), run on the server."""
-        payload = {
-            "box": [[float(v) for v in c] for c in box] if box is not None else None,
-            "points": [{"ijk": [float(v) for v in p], "include": bool(inc)} for p, inc in points],
-            "axis": axis,
-            "direction": direction,
-            "slice_range": [int(v) for v in slice_range] if slice_range is not None else None,
-        }
-        return self._job(session_id, "segment", payload, progress, cancel)
+        return self.run(session_id, SegmentRequest.of(box, points, axis, direction, slice_range), progress, cancel)
 
-    def restart(
-        self,
-        session_id: str,
-        slice_mask: np.ndarray,
-        slice_index: int,
-        axis: int = 2,
-        direction: str = "up",
-        slice_range: Optional[Tuple[int, int]] = None,
-        progress: Optional[Callable[[float, str], None]] = None,
-        cancel: Optional[Callable[[], bool]] = None,
-        largest_area: Optional[int] = None,
-    ) -> RemoteResult:
+    def restart(self, session_id: str, slice_mask, slice_index, axis=2, direction="up", slice_range=None, progress=None, cancel=None, largest_area=None) -> Result:
         """As `Session.restart`: propagate again from a corrected 2D mask, reusing the session's embeddings."""
-        try:
-            mask = encode_mask2d(slice_mask)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        payload = {
-            "mask": mask,
-            "slice_index": int(slice_index),
-            "axis": int(axis),
-            "direction": direction,
-            "slice_range": [int(v) for v in slice_range] if slice_range is not None else None,
-        }
-        if largest_area is not None:  # only when given: a server that predates the field still accepts the request
-            payload["largest_area"] = int(largest_area)
-        return self._job(session_id, "restart", payload, progress, cancel)
+        return self.run(session_id, RestartRequest.of(slice_mask, slice_index, axis, direction, slice_range, largest_area), progress, cancel)
 
     def cancel(self, session_id: str, job: Optional[str] = None) -> List[str]:
         """Stop the session's running job (or all of them) at its next window; returns the jobs told to stop."""
@@ -282,7 +198,7 @@ class SlideSAMClient:
         self._json("DELETE", f"/sessions/{session_id}")
 
 
-class RemoteSession:
+class RemoteSession(ContractSession):
     """A volume held by the server, with the local `Session`'s `segment` / `restart` calls (IJK voxel prompts).
 
     The Slicer module uses it for "Model source: server". The volume is uploaded on first use; when the
@@ -301,26 +217,18 @@ class RemoteSession:
         self.session_id = self.client.upload(self.volume, spacing, origin, direction, modality=modality)
         return self.session_id
 
-    def _call(self, method: Callable[..., RemoteResult], progress, **kwargs) -> RemoteResult:
+    def run(self, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> Result:
+        """Run a contract request on the server (uploading the volume first, or again when the server forgot it)."""
         if self.session_id is None:
             if progress is not None:
                 progress(0.0, f"uploading the volume to {self.client.url}")
             self._upload()
         try:
-            return method(self.session_id, progress=progress, **kwargs)
+            return self.client.run(self.session_id, request, progress, cancel)
         except SessionGone:
             if progress is not None:
                 progress(0.0, "the server no longer holds this volume (session expired): uploading it again")
-            return method(self._upload(), progress=progress, **kwargs)
-
-    def segment(self, box=None, points=(), axis=None, direction="both", slice_range=None, progress=None, cancel=None) -> RemoteResult:
-        return self._call(self.client.segment, progress, box=box, points=points, axis=axis, direction=direction, slice_range=slice_range, cancel=cancel)
-
-    def restart(self, slice_mask, slice_index, axis=2, direction="up", slice_range=None, progress=None, cancel=None, largest_area=None) -> RemoteResult:
-        return self._call(
-            self.client.restart, progress, slice_mask=slice_mask, slice_index=slice_index, axis=axis, direction=direction, slice_range=slice_range, cancel=cancel,
-            largest_area=largest_area,
-        )
+            return self.client.run(self._upload(), request, progress, cancel)
 
     def close(self) -> None:
         """Free the server's copy now (it also expires on its own); a server that is gone is not an error here."""
@@ -332,7 +240,7 @@ class RemoteSession:
                 log.info("SlideSAM: could not close server session %s (%s)", session_id, exc)
 
 
-def segment_via_server(args, image, box, points, axis, progress=None) -> RemoteResult:
+def segment_via_server(args, image, box, points, axis, progress=None) -> Result:
     """`slidesam segment --server URL`: upload the image, propagate the prompt on the server, close the session."""
     from .imageio import array_of
 

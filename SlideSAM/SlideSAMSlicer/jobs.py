@@ -1,12 +1,13 @@
 """One propagation (a prompt or a restart) split into the part that may run on a thread and its report.
 
-`PropagationJob.run` only calls the engine (no MRML), so the widget runs it on a worker
-thread; `SlideSAMLogic.applyJob` then writes the result on the main thread.
+`PropagationJob.run` only sends its contract requests (SlideSAMLib.contract) to the volume's engine
+session, no MRML, so the widget runs it on a worker thread; `SlideSAMLogic.applyJob` then writes the
+result on the main thread.  The session is the same kind of object for every model source: the local
+engine process, a SlideSAM server, or (scripts, tests) a Session in this process.
 """
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 
 AXIS_NAMES = "IJK"
 
@@ -20,40 +21,26 @@ class PropagationJob:
     axis: Optional[int]
     directions: Tuple[str, ...]
     slice_range: Optional[Tuple[int, int]]
+    requests: List[object]  # contract.SegmentRequest (one) or RestartRequest (one per direction)
     editor_node: object = None
-    engine_prompt: Optional[dict] = None  # segment: box / points / axis in IJK
     corrected_index: Optional[int] = None  # restart: the corrected slice
-    corrected_mask: Optional[np.ndarray] = None
-    largest_area: Optional[int] = None  # restart: the segment's largest slice (pixels) along the axis
-    get_session: Optional[Callable[[], object]] = None  # returns the engine Session (may load the model)
-    results: List[object] = field(default_factory=list)  # PropagationResult per direction run
+    get_session: Optional[Callable[[], object]] = None  # returns the volume's contract session (may start the engine)
+    results: List[object] = field(default_factory=list)  # contract.Result per request run
 
     def run(self, progress: Optional[Callable[[float, str], None]] = None, cancel: Optional[Callable[[], bool]] = None):
-        """Engine work only: safe on a worker thread."""
+        """Engine calls only: safe on a worker thread."""
         report = progress or (lambda fraction, message: None)
-        report(0.0, "preparing the model and the volume")
+        report(0.0, "preparing the engine and the volume")
         session = self.get_session()
-        if self.kind == "segment":
-            self.results = [
-                session.segment(
-                    direction=self.directions[0], slice_range=self.slice_range, progress=progress, cancel=cancel, **self.engine_prompt
-                )
-            ]
-        else:
-            n = len(self.directions)
-            for step, direction in enumerate(self.directions):
-                if cancel is not None and cancel():
-                    break
+        n = len(self.requests)
+        for step, request in enumerate(self.requests):
+            if step and cancel is not None and cancel():
+                break
 
-                def part(fraction, message, step=step):
-                    report((step + fraction) / n, message)
+            def part(fraction, message, step=step):
+                report((step + fraction) / n, message)
 
-                self.results.append(
-                    session.restart(
-                        self.corrected_mask, self.corrected_index, axis=self.axis, direction=direction, slice_range=self.slice_range, progress=part, cancel=cancel,
-                        largest_area=self.largest_area,
-                    )
-                )
+            self.results.append(session.run(request, part, cancel))
         report(1.0, "done")
         return self.results
 

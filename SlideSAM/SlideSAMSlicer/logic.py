@@ -9,6 +9,7 @@ import numpy as np
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
+from SlideSAMLib.contract import RestartRequest, SegmentRequest
 from SlideSAMLib.errors import InputError
 from SlideSAMSlicer import dependencies, geometry
 from SlideSAMSlicer.jobs import PropagationJob, RunReport
@@ -19,55 +20,111 @@ DEFAULT_SEGMENT_NAME = "SlideSAM"
 
 
 class SlideSAMLogic(ScriptedLoadableModuleLogic):
-    """The scripting API: segment / restart / undo; one engine Session per volume, one model per logic.
+    """The scripting API: segment / restart / undo; one engine session per volume.
 
+    Where the model runs (no model code ever runs in Slicer's process unless a model object is given):
+    - "this computer" (the default): a local engine process (SlideSAMLib.engine_process.LocalEngine), started on
+      first use with Slicer's Python or `enginePython`, kept between runs, restarted after a crash;
+    - `server`: the URL of a `slidesam serve`, reached with the same client;
+    - `model=`: an already loaded SlideSAMLib model in this process (scripts, tests).
     Coordinates in and out are RAS (world); the engine works in voxel IJK of the volume.
     """
 
     CONNECTION_TIMEOUT_S = 10.0  # "Test connection" runs on the GUI thread: fail fast
+    ENGINE_PYTHON_SETTING = "SlideSAM/EnginePython"  # application setting: the Python the local engine runs with
 
-    def __init__(self, model=None, checkpoint=None, device=None, server=None, apiKey=None):
+    def __init__(self, model=None, checkpoint=None, device=None, server=None, apiKey=None, enginePython=None, engine=None):
         ScriptedLoadableModuleLogic.__init__(self)
         self._model = model
         self.checkpoint = checkpoint
         self.device = device
         self.server = server or None  # URL of a `slidesam serve`: the model runs there, this logic only talks to it
         self.apiKey = apiKey or None
+        self.enginePython = enginePython or None
+        self._engine = engine  # a LocalEngine; made on first use from checkpoint / device / enginePython
+        self._ensured = set()  # Pythons whose packages were found complete
         self._modelLock = threading.Lock()
-        self._sessions = {}  # volume node ID -> (image modified key, Session)
+        self._sessions = {}  # volume node ID -> (image modified key, contract session)
         self._cache = None
         self.writer = SegmentWriter()
         self._lastAxis = {}  # (segmentation node ID, segment ID) -> IJK axis of the last run
+        self._generation = 0  # bumped by clearState: a session made for an older scene is not kept
 
     # -- model and sessions ------------------------------------------------------
     def setModel(self, model):
-        """Use an already loaded SlideSAMLib model (e.g. shared between logics or tests)."""
+        """Run in this process with an already loaded SlideSAMLib model (scripts, tests); None: back to the engine process."""
         with self._modelLock:
             self._model = model
-            self._sessions.clear()
+        self._closeSessions()
 
-    def setModelSource(self, checkpoint=None, device=None, server=None, apiKey=None):
+    def setModelSource(self, checkpoint=None, device=None, server=None, apiKey=None, enginePython=None):
         """Where the model runs: a checkpoint file (None = the embedded LiteMedSAM) on a device ("auto", "cpu",
-        "cuda", "mps"), loaded on next use; or `server`, the URL of a `slidesam serve` (with its API key)."""
+        "cuda", "mps") in the local engine process (run by `enginePython`, default Slicer's own); or `server`,
+        the URL of a `slidesam serve` (with its API key)."""
         checkpoint = checkpoint or None
         device = None if device in (None, "", "auto") else device
         server, apiKey = (server.strip() or None) if server else None, apiKey or None
+        enginePython = enginePython or None
         if server:
             from SlideSAMLib.client import SlideSAMClient
 
             SlideSAMClient(server)  # checks the URL now, with a one-line message
-        if (checkpoint, device, server, apiKey) != (self.checkpoint, self.device, self.server, self.apiKey):
+        new = (checkpoint, device, server, apiKey, enginePython)
+        if new != (self.checkpoint, self.device, self.server, self.apiKey, self.enginePython):
             with self._modelLock:
-                self.checkpoint, self.device, self.server, self.apiKey = checkpoint, device, server, apiKey
+                self.checkpoint, self.device, self.server, self.apiKey, self.enginePython = new
                 self._model = None
-                self._closeSessions()
+                engine, self._engine = self._engine, None
+            self._closeSessions()
+            if engine is not None:  # its settings changed: a new one starts on the next run
+                threading.Thread(target=engine.stop, name="slidesam-engine-stop", daemon=True).start()
 
     def _closeSessions(self):
-        """Forget every volume's session; server-side ones are closed in the background (a dead server must not block the GUI)."""
-        remote = [entry[1] for entry in self._sessions.values() if hasattr(entry[1], "close")]
-        self._sessions.clear()
-        for session in remote:
+        """Forget every volume's session; each is closed in the background (a dead server must not block the GUI)."""
+        with self._modelLock:
+            sessions = [entry[1] for entry in self._sessions.values()]
+            self._sessions.clear()
+        for session in sessions:
             threading.Thread(target=session.close, daemon=True).start()
+
+    def clearState(self):
+        """Forget everything kept under node IDs — sessions, undo steps, last axes — when the scene closes: a new
+        scene reuses the IDs (vtkMRMLScene numbers nodes per class from 1 again).  The engine process stays."""
+        with self._modelLock:
+            self._generation += 1
+        self._closeSessions()
+        self.writer = SegmentWriter()
+        self._lastAxis.clear()
+
+    def stopEngine(self):
+        """Stop the local engine process (module cleanup; it is also stopped when Slicer exits)."""
+        self._closeSessions()
+        with self._modelLock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.stop()
+
+    def engineSettingPython(self):
+        """The Python named in the application settings (SlideSAM/EnginePython), or None."""
+        settings = getattr(getattr(slicer, "app", None), "settings", None)
+        value = settings().value(self.ENGINE_PYTHON_SETTING) if callable(settings) else None
+        return str(value).strip() or None if value else None
+
+    def enginePythonPath(self):
+        """The Python the local engine runs with: `enginePython`, the setting, else Slicer's PythonSlicer."""
+        from SlideSAMLib.engine_process import default_python
+
+        return self.enginePython or self.engineSettingPython() or default_python()
+
+    def engine(self):
+        """The local engine (a LocalEngine; its process starts on first use)."""
+        from SlideSAMLib.engine_process import LocalEngine
+
+        with self._modelLock:
+            if self._engine is None:
+                self._engine = LocalEngine(self.enginePythonPath(), self.checkpoint, self.device,
+                                           log=lambda line: logging.info(f"SlideSAM engine: {line}"))
+            return self._engine
 
     def client(self, timeout=None):
         """A SlideSAMClient for the configured server."""
@@ -83,21 +140,23 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         clicks = "clicks as point prompts" if info.get("supports_points") else "clicks by box search"
         return f"connected: SlideSAM {info.get('version')} on {info.get('device')}, model {info.get('model')} ({clicks})"
 
-    def ensureDependencies(self, confirm=None):
-        """Ask to install missing Python packages (main thread only). False if the user declined."""
+    def ensureDependencies(self, confirm=None, status=None):
+        """Ask to install missing packages into the engine's Python (main thread only). False if the user declined.
+
+        Raises a one-line SlideSAMError when that Python cannot run the engine (e.g. Slicer 5.8's Python 3.9)."""
         if self._model is not None or self.server:
-            return True  # a server client needs numpy only
-        return dependencies.ensure_dependencies(confirm)
+            return True  # in this process with a given model, or a server: nothing to install here
+        python = self.enginePythonPath()
+        if python in self._ensured or (self._engine is not None and self._engine.alive()):
+            return True
+        if not dependencies.ensure_dependencies(python, confirm, status):
+            return False
+        self._ensured.add(python)
+        return True
 
     def model(self):
-        """The loaded model (loads it on first use; safe to call from the worker thread)."""
-        with self._modelLock:
-            if self._model is None:
-                from SlideSAMLib import load_model
-
-                self._model = load_model(self.checkpoint, self.device)
-                logging.info(f"SlideSAM: model {self._model.source} on {self._model.device}")
-            return self._model
+        """The model given to this logic (in-process runs only)."""
+        return self._model
 
     @staticmethod
     def _imageKey(volumeNode):
@@ -106,44 +165,50 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         return (image.GetMTime() if image is not None else 0, scalars.GetMTime() if scalars is not None else 0)
 
     def _sessionGetter(self, volumeNode):
-        """A callable returning the volume's Session; the voxel copy is taken now (main thread) if a new one is needed."""
+        """A callable returning the volume's contract session; the voxel copy is taken now (main thread) if a new one is needed."""
         volumeId, key = volumeNode.GetID(), self._imageKey(volumeNode)
-        entry = self._sessions.get(volumeId)
+        with self._modelLock:
+            entry = self._sessions.get(volumeId)
         voxels = None if entry is not None and entry[0] == key else np.array(slicer.util.arrayFromVolume(volumeNode))
         spacing = volumeNode.GetSpacing()  # IJK voxel size: the stop rule measures lengths along the slice axis
-
-        server = self.server
-        geometryLps = geometry.itk_geometry(volumeNode) if server and voxels is not None else None
+        model, server, generation = self._model, self.server, self._generation
+        geometryLps = geometry.itk_geometry(volumeNode) if model is None and voxels is not None else None
 
         def get():
             with self._modelLock:
-                cached = self._sessions.get(volumeId)
+                cached = self._sessions.get(volumeId) if generation == self._generation else None
             if cached is not None and cached[0] == key:
                 return cached[1]
-            if server:
+            if model is not None:
+                from SlideSAMLib import EmbeddingCache, Session
+                from SlideSAMLib.contract import InProcessSession
+
+                if self._cache is None:
+                    self._cache = EmbeddingCache()
+                session = InProcessSession(Session(model, voxels, cache=self._cache, spacing=spacing), model.source)
+            elif server:
                 from SlideSAMLib.client import RemoteSession
 
                 client = self.client()
                 client.version()  # a version mismatch is reported before anything is uploaded
                 session = RemoteSession(client, voxels, *geometryLps)
             else:
-                from SlideSAMLib import EmbeddingCache, Session
+                from SlideSAMLib.engine_process import EngineSession
 
-                model = self.model()
-                if self._cache is None:
-                    self._cache = EmbeddingCache()
-                session = Session(model, voxels, cache=self._cache, spacing=spacing)
+                session = EngineSession(self.engine(), voxels, *geometryLps)
             with self._modelLock:
+                if generation != self._generation:  # the scene closed meanwhile: its node IDs mean nothing now
+                    return session
                 old = self._sessions.get(volumeId)
                 self._sessions[volumeId] = (key, session)  # replaces the session of an older version of the volume
-            if old is not None and hasattr(old[1], "close"):
+            if old is not None:
                 old[1].close()
             return session
 
         return get
 
     def session(self, volumeNode):
-        """The engine Session of a volume (created on first use, reused while the voxels are unchanged)."""
+        """The contract session of a volume (created on first use, reused while the voxels are unchanged)."""
         return self._sessionGetter(volumeNode)()
 
     # -- checks -----------------------------------------------------------------
@@ -169,8 +234,9 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         prompt = geometry.engine_prompt(volumeNode, box, points, excludePoints, geometry.resolve_axis(volumeNode, axis), sliceIndex)
         if prompt.box_ijk is None and not prompt.points_ijk:
             raise InputError("empty prompt: place a box, or at least one include point")
-        return PropagationJob("segment", volumeNode, segmentationNode, segmentId, prompt.axis, (direction,), sliceRange,
-                              editor_node=editorNode, engine_prompt=prompt.engine_kwargs(), get_session=self._sessionGetter(volumeNode))
+        request = SegmentRequest.of(direction=direction, slice_range=sliceRange, **prompt.engine_kwargs())
+        return PropagationJob("segment", volumeNode, segmentationNode, segmentId, prompt.axis, (direction,), request.slice_range, [request],
+                              editor_node=editorNode, get_session=self._sessionGetter(volumeNode))
 
     def prepareRestart(self, volumeNode, segmentationNode, segmentId, slice, axis=None, direction="both", sliceRange=None, editorNode=None):
         self._checkNodes(volumeNode, segmentationNode)
@@ -190,8 +256,9 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         if not mask.any():
             raise InputError(f"segment '{segmentId}' is empty on slice {index} ({geometry.AXIS_NAMES[ax]}): draw the correction there first")
         dirs = ("up", "down") if direction == "both" else (direction,)
-        return PropagationJob("restart", volumeNode, segmentationNode, segmentId, ax, dirs, sliceRange, editor_node=editorNode,
-                              corrected_index=index, corrected_mask=mask, largest_area=largest, get_session=self._sessionGetter(volumeNode))
+        requests = [RestartRequest.of(mask, index, ax, d, sliceRange, largest) for d in dirs]
+        return PropagationJob("restart", volumeNode, segmentationNode, segmentId, ax, dirs, requests[0].slice_range, requests, editor_node=editorNode,
+                              corrected_index=index, get_session=self._sessionGetter(volumeNode))
 
     def _targetSegment(self, segmentationNode, segmentId, volumeNode):
         """(segment ID, created): an existing segment, or a new one named after `segmentId`."""
@@ -233,8 +300,13 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
                     replaced.update(range(job.corrected_index + 1, hi + 1))
                 else:
                     replaced.update(range(lo, job.corrected_index))
-        rules = EditRules.from_editor(job.editor_node, segmentationNode, segmentId, volumeNode)
-        changed = self.writer.apply(volumeNode, segmentationNode, segmentId, axis, masks, replaced, rules, created_segment=created)
+        try:  # all or nothing: the writer rolls back its own writes; a segment created for this run goes too
+            rules = EditRules.from_editor(job.editor_node, segmentationNode, segmentId, volumeNode)
+            changed = self.writer.apply(volumeNode, segmentationNode, segmentId, axis, masks, replaced, rules, created_segment=created)
+        except Exception:
+            if created:
+                segmentationNode.GetSegmentation().RemoveSegment(segmentId)
+            raise
         self._lastAxis[(segmentationNode.GetID(), segmentId)] = axis
         info = [i.as_dict() for r in results for i in r.info]
         stopped = {}
@@ -262,7 +334,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         job = self.prepareSegment(volumeNode, segmentationNode, segmentId, box, points, excludePoints, direction, sliceRange,
                                   axis, sliceIndex, editorNode)
         if not self.ensureDependencies():
-            raise InputError("SlideSAM's Python packages are not installed: accept the installation, or install them with pip")
+            raise InputError("SlideSAM's engine packages are not installed: accept the installation, or install them with pip into the engine's Python")
         job.run(progress, cancel)
         return self.applyJob(job)
 
@@ -275,7 +347,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         """
         job = self.prepareRestart(volumeNode, segmentationNode, segmentId, slice, axis, direction, sliceRange, editorNode)
         if not self.ensureDependencies():
-            raise InputError("SlideSAM's Python packages are not installed: accept the installation, or install them with pip")
+            raise InputError("SlideSAM's engine packages are not installed: accept the installation, or install them with pip into the engine's Python")
         job.run(progress, cancel)
         return self.applyJob(job)
 

@@ -1,8 +1,11 @@
-"""A background job for the widget: the engine runs on a Python thread, the GUI polls it.
+"""A background job for the widget: the job's requests are sent from a Python thread, the GUI polls it.
 
-torch releases the GIL while it computes, so Slicer stays responsive.  The thread never
-touches MRML: the widget polls `poll()` from a QTimer on the main thread and writes the
-result there.  Cancel sets a flag the engine checks between slices; slices already done
+The model runs in the engine process (or a server), not here: Slicer's main thread holds the GIL
+while Qt waits for events, so a Python thread in Slicer's process gets it only during the main
+thread's short Python ticks (issue 11 §1).  This thread only waits on a socket, which needs the
+GIL once per progress line, so it keeps up.  In-process runs (`SlideSAMLogic(model=...)`, scripts)
+use the same thread and are slowed by that.  The thread never touches MRML: the widget polls
+`poll()` from a QTimer on the main thread and writes the result there.  Cancel sets a flag the engine checks between slices; slices already done
 are kept (the engine returns them with `cancelled=True`).
 """
 import threading

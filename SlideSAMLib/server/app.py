@@ -15,20 +15,20 @@ import hmac
 import json
 import logging
 import threading
-from typing import Callable, List, Literal, Optional, Tuple
+from typing import Callable, Optional
 
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
 from .._version import __version__
 from ..checkpoint import SlideSAMModel
+from ..contract import CancelRequest, RestartRequest, Result, SegmentRequest
 from ..errors import SlideSAMError
-from ..wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, TooLarge, WireError, decode_mask2d, decode_volume, encode_masks, version_major
+from ..wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, TooLarge, WireError, decode_volume, version_major
 from .scheduler import FairLock, shared_model
 from .sessions import SessionEntry, SessionStore, StoreError
 
@@ -40,44 +40,7 @@ EARLY_ERROR_S = 0.5  # a prompt the engine rejects at once is answered with a 4x
 DRAIN_FACTOR = 4  # an oversize upload is read (and discarded) up to this many times the limit, so the 413 reaches the client
 
 
-# -- request bodies ----------------------------------------------------------------
-Ijk = Tuple[float, float, float]
-
-
-class PointPrompt(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ijk: Ijk
-    include: bool = True
-
-
-class SegmentRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    box: Optional[Tuple[Ijk, Ijk]] = Field(None, description="two opposite corners (i, j, k) in voxel coordinates")
-    points: List[PointPrompt] = Field(default_factory=list, max_length=256)
-    axis: Optional[int] = Field(None, ge=0, le=2, description="IJK slice axis; default: the axis the prompt lies on (k first)")
-    direction: Literal["both", "up", "down"] = "both"
-    slice_range: Optional[Tuple[int, int]] = None
-
-
-class Mask2D(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    shape: Tuple[int, int]
-    bits: str = Field(max_length=64 << 20, description="base64 of zlib of numpy packbits of the row-major mask")
-
-
-class RestartRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    mask: Mask2D
-    slice_index: int
-    axis: int = Field(2, ge=0, le=2)
-    direction: Literal["up", "down"] = "up"
-    slice_range: Optional[Tuple[int, int]] = None
-    largest_area: Optional[int] = Field(None, ge=0)  # pixels of the corrected structure's largest slice
-
-
-class CancelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    job: Optional[str] = None
+# -- request bodies: SlideSAMLib.contract's dataclasses (FastAPI validates JSON into them) --------------
 
 
 # -- security and version check, before any route ------------------------------------
@@ -238,15 +201,7 @@ def create_app(
         entry = store.get(session_id)
 
         def work(progress, cancelled):
-            return entry.session.segment(
-                box=body.box,
-                points=[(p.ijk, p.include) for p in body.points],
-                axis=body.axis,
-                direction=body.direction,
-                slice_range=body.slice_range,
-                progress=progress,
-                cancel=cancelled,
-            )
+            return entry.session.segment(progress=progress, cancel=cancelled, **body.session_kwargs())
 
         return await _run_job(store, entry, work, model.source)
 
@@ -255,13 +210,10 @@ def create_app(
         entry = store.get(session_id)
         nk, nj, ni = entry.session.volume.shape
         largest_slice = max(nj * ni, nk * ni, nk * nj)
-        mask = decode_mask2d(body.mask.model_dump(), largest_slice)
+        args, kwargs = body.session_args(largest_slice)
 
         def work(progress, cancelled):
-            return entry.session.restart(
-                mask, body.slice_index, axis=body.axis, direction=body.direction, slice_range=body.slice_range, progress=progress, cancel=cancelled,
-                largest_area=body.largest_area,
-            )
+            return entry.session.restart(*args, progress=progress, cancel=cancelled, **kwargs)
 
         return await _run_job(store, entry, work, model.source)
 
@@ -269,21 +221,7 @@ def create_app(
 
 
 def _result_json(result, model_source: str) -> dict:
-    slices, bits = encode_masks(result.slice_masks)
-    return {
-        "type": "result",
-        "axis": int(result.axis),
-        "stack_shape": [int(v) for v in result.stack_shape],
-        "slices": slices,
-        "masks": bits,
-        "info": [i.as_dict() for i in result.info],
-        "stopped": dict(result.stopped),
-        "cancelled": bool(result.cancelled),
-        "encoder_passes": int(result.encoder_passes),
-        "seconds": float(result.seconds),
-        "prompt": result.prompt,
-        "model": model_source,
-    }
+    return Result.of(result, model_source).to_json()
 
 
 def _line(event: dict) -> bytes:

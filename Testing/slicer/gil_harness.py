@@ -1,0 +1,145 @@
+"""Slicer's GIL, emulated: the main thread waits in a C call that keeps the GIL between short Python ticks.
+
+In Slicer the main thread holds the GIL while Qt waits for events (CTK's ctkAbstractPythonManager never
+releases it), so a Python thread in Slicer's process runs only during the main thread's Python ticks.
+Here the main thread sleeps in `usleep(TICK_US)` through `ctypes.PyDLL` (a PyDLL call keeps the GIL),
+then polls the job for one tick, as the widget's QTimer does.
+
+    python gil_harness.py MODE OUT.json [--encoder auto|torch|onnx] [--threads N] [--range A B]
+MODE  session   the engine's Session.segment on the main thread, no emulation (what `slidesam segment` runs)
+      engine    the module's job path (prepareSegment, BackgroundJob, applyJob) with the model in a LocalEngine process
+      inthread  the same job path with the model in this process (the design before issue 11)
+The case: example_ct, the left kidney from the box (27, 28)-(44, 45) on slice k=93, upwards.
+OUT.json: wall seconds of the propagation, this process's CPU seconds meanwhile, the engine's PID, which of
+torch / timm / segment_anything / onnxruntime this process imported, and the mask (slices and a digest).
+"""
+import argparse
+import ctypes
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CT = ROOT / ".." / "shared" / "data" / "ct_abdomen" / "example_ct.nii.gz"
+BOX_IJK = ((27.0, 28.0, 93.0), (44.0, 45.0, 93.0))
+DIRECTION = "up"
+TICK_US = 100_000  # the widget's poll timer: 100 ms
+MODEL_MODULES = ("torch", "timm", "segment_anything", "onnxruntime")
+
+
+def slicer_side():
+    """slicer-core's MRML as Testing/slicer/conftest.py sets it up (the conftest file, imported by path)."""
+    spec = importlib.util.spec_from_file_location("slicer_conftest", HERE / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    scene, logics = conftest.make_mrml()
+    node = logics["Volumes"].AddArchetypeVolume(str(CT), "example_ct", 0)
+    return scene, node
+
+
+def ras_of(node, ijk):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return tuple(matrix.MultiplyPoint((*ijk, 1.0))[:3])
+
+
+def digest(mask) -> str:
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(mask, dtype=np.uint8).tobytes()).hexdigest()[:16]
+
+
+def run_session(args) -> dict:
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    from SlideSAMLib import Session, load_model
+
+    torch.set_num_threads(args.threads)
+    model = load_model(device="cpu", encoder=args.encoder)
+    image = sitk.ReadImage(str(CT))
+    session = Session(model, sitk.GetArrayFromImage(image), spacing=image.GetSpacing())
+    start, cpu = time.perf_counter(), time.process_time()
+    result = session.segment(box=BOX_IJK, direction=DIRECTION, slice_range=args.range)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    mask = result.volume_mask()
+    return {"wall_s": wall, "cpu_s": cpu, "engine_pid": os.getpid(), "slices": result.slices, "digest": digest(mask), "voxels": int(np.count_nonzero(mask)),
+            "encoder_passes": result.encoder_passes}
+
+
+def run_job(args, in_process: bool) -> dict:
+    import numpy as np
+
+    scene, node = slicer_side()
+    sys.path.insert(0, str(ROOT / "SlideSAM"))
+    from SlideSAMSlicer.logic import SlideSAMLogic
+    from SlideSAMSlicer.worker import BackgroundJob
+    from SlideSAMSlicer.writer import read_segment
+
+    if in_process:
+        import torch
+
+        from SlideSAMLib import load_model
+
+        torch.set_num_threads(args.threads)
+        logic = SlideSAMLogic(model=load_model(device="cpu", encoder=args.encoder))
+        engine_pid = os.getpid()
+    else:
+        from SlideSAMLib.engine_process import LocalEngine
+
+        engine = LocalEngine(encoder=args.encoder, threads=args.threads, log=lambda line: print("engine:", line, file=sys.stderr))
+        logic = SlideSAMLogic(engine=engine)
+        logic.engine().client()  # started before the clock, as after the first run in Slicer
+        engine_pid = engine.pid
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "harness")
+    usleep = ctypes.PyDLL(None).usleep  # PyDLL: the GIL is kept during the call, as Slicer's event loop keeps it
+    usleep.argtypes = [ctypes.c_uint]
+    ticks = 0
+    start, cpu = time.perf_counter(), time.process_time()
+    job = logic.prepareSegment(node, seg, "kidney_left", box=tuple(ras_of(node, c) for c in BOX_IJK), direction=DIRECTION,
+                               sliceRange=args.range)
+    if not logic.ensureDependencies(confirm=lambda text: False):
+        raise SystemExit("the engine's packages are missing")
+    background = BackgroundJob(job.run).start()
+    while not background.poll()[0]:
+        usleep(TICK_US)
+        ticks += 1
+    wall = time.perf_counter() - start
+    if background.error is not None:
+        raise SystemExit(background.error_trace)
+    report = logic.applyJob(job)
+    cpu = time.process_time() - cpu
+    mask = read_segment(seg, report.segmentId, node)
+    out = {"wall_s": wall, "cpu_s": cpu, "ticks": ticks, "engine_pid": engine_pid, "slices": report.slices, "digest": digest(mask),
+           "voxels": int(np.count_nonzero(mask)), "encoder_passes": report.encoderPasses, "engine_seconds": report.seconds}
+    if not in_process:
+        logic.stopEngine()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["session", "engine", "inthread"])
+    parser.add_argument("out")
+    parser.add_argument("--encoder", default="auto", choices=["auto", "torch", "onnx"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--range", nargs=2, type=int, default=None, metavar=("A", "B"), help="limit propagation to slices A..B (tests: shorter)")
+    args = parser.parse_args()
+    out = run_session(args) if args.mode == "session" else run_job(args, in_process=args.mode == "inthread")
+    out.update(mode=args.mode, encoder=args.encoder, threads=args.threads, pid=os.getpid(),
+               model_modules=[m for m in MODEL_MODULES if m in sys.modules])
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps({k: v for k, v in out.items() if k != "slices"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Model source "this computer": SlideSAMLogic through a real local engine process (SlideSAMLib.engine_process).
+
+The engine (same thread count and encoder backend as this process) must give exactly the in-process result;
+a killed engine mid-run gives one line and leaves the segment bit-identical, and the next run starts a new
+engine; an engine that cannot start says why in one line.
+"""
+import os
+import stat
+import sys
+
+import numpy as np
+import pytest
+import slicer
+
+import SlideSAM
+from SlideSAMLib.engine_process import EngineError, LocalEngine, check_python
+from SlideSAMSlicer.writer import read_segment
+from slicer_data import load_kidney_ct
+
+
+@pytest.fixture(scope="module")
+def engine_log():
+    return []
+
+
+@pytest.fixture(scope="module")
+def engine(slidesam_model, engine_log):  # the model fixture first: it sets the thread count the engine copies
+    import torch
+
+    engine = LocalEngine(threads=torch.get_num_threads(), log=engine_log.append)
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="module")
+def ct(mrml, data_dir):
+    return load_kidney_ct(mrml, data_dir)
+
+
+@pytest.fixture(scope="module")
+def window(ct):
+    return (ct.k - 4, ct.k + 4)
+
+
+def same_scores(got, expected):
+    """Per-slice info equal; the decoder's predicted IoU differs between two processes in float32's last bits
+    (measured: 3e-7 at most on this case, the masks bit-identical), so it is compared to 1e-5."""
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert {k: v for k, v in g.items() if k != "iou"} == {k: v for k, v in e.items() if k != "iou"}
+        assert g["iou"] == pytest.approx(e["iou"], abs=1e-5)
+
+
+def test_engine_result_equals_the_in_process_result(mrml, ct, window, engine, engine_log, slidesam_model):
+    local, via = SlideSAM.SlideSAMLogic(model=slidesam_model), SlideSAM.SlideSAMLogic(engine=engine)
+    seg_local = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "in process")
+    seg_engine = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "engine process")
+    expected = local.segment(ct.node, seg_local, "kidney_left", box=ct.box_ras, direction="up", sliceRange=window)
+    got = via.segment(ct.node, seg_engine, "kidney_left", box=ct.box_ras, direction="up", sliceRange=window)
+    assert engine.alive() and engine.pid != os.getpid()
+    assert any("is ready at" in line for line in engine_log) and any("slidesam serve:" in line for line in engine_log)  # its output reached the log
+    np.testing.assert_array_equal(read_segment(seg_engine, got.segmentId, ct.node), read_segment(seg_local, expected.segmentId, ct.node))
+    assert (got.slices, got.stopped, got.prompt, got.encoderPasses) == (expected.slices, expected.stopped, expected.prompt, expected.encoderPasses)
+    same_scores(got.info, expected.info)
+
+    # a restart from a corrected slice: the same request through both, the engine reuses its embeddings
+    corrected = ct.k + 1
+    for logic, seg, report in ((local, seg_local, expected), (via, seg_engine, got)):
+        edited = read_segment(seg, report.segmentId, ct.node)
+        edited[corrected] = ct.reference[corrected]
+        slicer.util.updateSegmentBinaryLabelmapFromArray(edited, seg, report.segmentId, ct.node)
+    r_local = local.restart(ct.node, seg_local, expected.segmentId, corrected, axis=2, direction="up", sliceRange=window)
+    r_engine = via.restart(ct.node, seg_engine, got.segmentId, corrected, axis=2, direction="up", sliceRange=window)
+    np.testing.assert_array_equal(read_segment(seg_engine, got.segmentId, ct.node), read_segment(seg_local, expected.segmentId, ct.node))
+    assert r_engine.encoderPasses == r_local.encoderPasses == 0
+    same_scores(r_engine.info, r_local.info)
+
+
+def test_engine_killed_mid_run_one_line_segment_unchanged_next_run_restarts(mrml, ct, window, engine):
+    logic = SlideSAM.SlideSAMLogic(engine=engine)
+    engine.client()  # running before the run to be cut
+    seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "engine dies")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(ct.node)
+    sid = seg.GetSegmentation().AddEmptySegment("kidney", "kidney")
+    before = ct.reference.copy()
+    slicer.util.updateSegmentBinaryLabelmapFromArray(before, seg, sid, ct.node)
+    old_pid, starts = engine.pid, engine.starts
+
+    def kill_on_first_slice(fraction, message):
+        if fraction > 0 and engine.alive():
+            engine.kill()
+
+    with pytest.raises(EngineError) as error:
+        logic.segment(ct.node, seg, sid, box=ct.box_ras, progress=kill_on_first_slice)  # the whole organ: long enough to be cut
+    message = str(error.value)
+    assert "\n" not in message and f"engine process {old_pid} stopped during the run" in message and "nothing was written" in message
+    np.testing.assert_array_equal(read_segment(seg, sid, ct.node), before)
+    assert not logic.canUndo(seg)
+
+    report = logic.segment(ct.node, seg, sid, box=ct.box_ras, sliceRange=window)
+    assert engine.alive() and engine.pid != old_pid and engine.starts == starts + 1
+    after = read_segment(seg, sid, ct.node)
+    assert report.slices and after[window[0] : window[1] + 1].any()
+    np.testing.assert_array_equal(np.delete(after, range(window[0], window[1] + 1), axis=0), np.delete(before, range(window[0], window[1] + 1), axis=0))
+
+
+def _fake_python(tmp_path, version="3 9"):
+    """A stand-in for an old interpreter (this machine has no Python 3.9): prints the version the probe asks for."""
+    path = tmp_path / "python3.9"
+    path.write_text(f"#!/bin/sh\necho {version}\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def test_a_python_older_than_3_10_is_refused_in_one_line_offering_the_server(tmp_path):
+    old = _fake_python(tmp_path)
+    with pytest.raises(EngineError, match=r"needs Python >= 3\.10 .* is 3\.9 .*'SlideSAM server'.*Python >= 3\.10") as error:
+        check_python(old)
+    assert "\n" not in str(error.value)
+    logic = SlideSAM.SlideSAMLogic(enginePython=old)
+    with pytest.raises(EngineError, match="needs Python >= 3.10"):
+        logic.ensureDependencies(confirm=lambda text: pytest.fail("offered to install into a Python that cannot run the engine"))
+    with pytest.raises(EngineError, match="needs Python >= 3.10"):
+        LocalEngine(python=old).client()
+
+
+def test_an_engine_that_cannot_start_names_the_fix(tmp_path):
+    with pytest.raises(EngineError, match="does not exist.*Engine Python"):
+        LocalEngine(python=str(tmp_path / "no-such-python")).client()
+    bare = tmp_path / "bare"  # a real Python >= 3.10 without SlideSAM's packages
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(bare)
+    engine = LocalEngine(python=str(bare / "bin" / "python"), log=lambda line: None, startup_timeout_s=60)
+    with pytest.raises(EngineError, match="exited with code 1 before it was ready .*No module named.*lacks SlideSAM's packages") as error:
+        engine.client()
+    assert "\n" not in str(error.value) and not engine.alive()
+
+
+def test_the_module_imports_no_model_code():
+    """The Slicer-side modules import without torch & co. (checked in a fresh interpreter)."""
+    import subprocess
+
+    code = ("import sys; sys.path[:0] = ['SlideSAM']; import SlideSAMLib.engine_process, SlideSAMLib.client, SlideSAMLib.contract; "
+            "import SlideSAMSlicer.jobs, SlideSAMSlicer.worker; "
+            "print([m for m in ('torch', 'timm', 'segment_anything', 'onnxruntime') if m in sys.modules])")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
