@@ -4,8 +4,8 @@ import os
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # offscreen rendering, no X display needed
 
 
-def create_app(client, engine_label: str, image=None, server=None):
-    """A trame app whose engine is `client` (a SlideSAMClient); `image` is loaded at start when given."""
+def create_app(engine_source: dict, engine_label: str, image=None, server=None):
+    """A trame app whose engine is `engine_source` (SlideSAMLogic's: server + apiKey, or engine); `image` is loaded at start."""
     from trame.app import get_server
     from trame_slicer import module as trame_slicer_module
     from trame_slicer.app.logic import SegmentationAppLogic
@@ -23,7 +23,7 @@ def create_app(client, engine_label: str, image=None, server=None):
     from .logic import SlideSAMWebLogic  # SlideSAMSlicer is importable once the host is installed
 
     app_logic = SegmentationAppLogic(server, slicer_app)
-    web = SlideSAMWebLogic(server, slicer_app, client, engine_label)
+    web = SlideSAMWebLogic(server, slicer_app, engine_source, engine_label)
     ui = SegmentationAppUI(server, app_logic.layout_manager)
     with ui.layout.drawer:
         build_panel(server, web)

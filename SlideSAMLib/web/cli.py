@@ -74,24 +74,23 @@ def _server_key(args) -> str:
 
 
 def connect_engine(args):
-    """(SlideSAMClient, one-line description, stop function) of the engine the page uses."""
+    """(SlideSAMLogic's model source, one-line description, stop function) of the engine the page uses.
+
+    The engine is reached once here, so a wrong URL, key or engine Python fails before the page is served."""
     from ..client import SlideSAMClient
 
     if args.server:
         if args.checkpoint or args.engine_python:
             raise InputError("--server excludes --checkpoint / --engine-python: the server's own model is used")
-        client = SlideSAMClient(args.server, api_key=_server_key(args) or None)
-        info = client.version()
-        return client, f"engine: server {args.server} ({info.get('model')} on {info.get('device')})", lambda: None
-    try:
-        from ..engine_process import LocalEngine
-    except ImportError as exc:
-        raise InputError(f"the local engine process is not available in this install ({exc}): start 'slidesam serve' and give --server URL") from exc
+        key = _server_key(args) or None
+        info = SlideSAMClient(args.server, api_key=key).version()
+        return {"server": args.server, "apiKey": key}, f"engine: server {args.server} ({info.get('model')} on {info.get('device')})", lambda: None
+    from ..engine_process import LocalEngine
+
     python = args.engine_python or os.environ.get("SLIDESAM_ENGINE_PYTHON") or None
     engine = LocalEngine(python=python, checkpoint=args.checkpoint, device=args.device)
-    client = engine.client()
-    info = client.version()
-    return client, f"engine: local process {engine.pid} ({info.get('model')} on {info.get('device')})", engine.stop
+    info = engine.client().version()  # starts the engine process now (model load), not on the first Propagate
+    return {"engine": engine}, f"engine: local process {engine.pid} ({info.get('model')} on {info.get('device')})", engine.stop
 
 
 def run(args) -> int:
@@ -104,11 +103,11 @@ def run(args) -> int:
         import trame_slicer  # noqa: F401
     except ImportError as exc:
         raise InputError(f"slidesam web needs trame-slicer ({exc}): pip install 'slidesam[web]' in its own environment (see the README)") from exc
-    client, label, stop = connect_engine(args)
+    source, label, stop = connect_engine(args)
     atexit.register(stop)
     from .app import create_app
 
-    server, _ = create_app(client, label, image=args.image)
+    server, _ = create_app(source, label, image=args.image)
     sys.argv = sys.argv[:1]  # trame parses sys.argv itself: give it only what is set here
     if key:
         handle, key_file = tempfile.mkstemp(prefix="slidesam-web-key-")

@@ -27,12 +27,13 @@ def _matrix(vtk_matrix):
 
 
 class SlideSAMWebLogic:
-    def __init__(self, server, slicer_app, client, engine_label: str):
+    def __init__(self, server, slicer_app, engine_source: dict, engine_label: str):
+        """engine_source: SlideSAMLogic's model source, {"server": URL, "apiKey": KEY} or {"engine": LocalEngine}."""
         from SlideSAMSlicer import geometry
         from SlideSAMSlicer.logic import SlideSAMLogic
 
         self.server, self.app, self.geometry = server, slicer_app, geometry
-        self.logic = SlideSAMLogic(server=client.url, apiKey=client.api_key)
+        self.logic = SlideSAMLogic(**engine_source)
         self._cancel = threading.Event()
         self._prompt_view = None  # the slice node of the last prompt: "this slice" of a restart
         self._observed = []
@@ -191,8 +192,9 @@ class SlideSAMWebLogic:
                 volume, segmentation, self.editor.get_active_segment_id() or None, box=box, points=include, excludePoints=exclude,
                 direction=self.server.state.slidesam_direction, axis=axis, sliceIndex=index, editorNode=self.editor.editor_node,
             )
-            return job, {"box_ijk": [list(map(float, c)) for c in job.engine_prompt["box"]] if job.engine_prompt["box"] else None,
-                         "points_ijk": [[list(map(float, p)), bool(inc)] for p, inc in job.engine_prompt["points"]], "axis": job.axis}
+            request = job.requests[0]  # the contract's SegmentRequest, as the engine receives it
+            return job, {"box_ijk": [list(map(float, c)) for c in request.box] if request.box else None,
+                         "points_ijk": [[list(map(float, p.ijk)), bool(p.include)] for p in request.points], "axis": job.axis}
 
         await self._run("propagate", prepare)
 
