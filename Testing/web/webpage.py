@@ -103,14 +103,13 @@ class WebPage:
         self.click_at(x1, y1)
         self.wait_for("(p => !p.placing && p.box_mm.filter(v => v > 0).length >= 2)(JSON.parse(document.querySelector('#slidesam-prompt-json').textContent))", 120_000)
 
-    def run(self, button_id: str, previous_last=None) -> dict:
-        """Click Propagate / Restart and wait until the page reports the run written (or an error)."""
-        before = json.dumps(previous_last if previous_last is not None else self.json("slidesam-last"))
+    def run(self, button_id: str) -> dict:
+        """Click Propagate / Restart and wait until the page reports the run written (a new run summary) or an error."""
+        before = self.page.text_content("#slidesam-last")
         self.page.click(f"#{button_id}")
         self.wait_for(
             f"document.querySelector('#slidesam-error').textContent.trim() || "
-            f"(document.querySelector('#slidesam-last').textContent.trim() !== {json.dumps(before)} && "
-            f"!document.querySelector('#slidesam-message').textContent.includes(': '))"
+            f"document.querySelector('#slidesam-last').textContent !== {json.dumps(before)}"
         )
         error = self.text("slidesam-error")
         assert not error, f"the page reported: {error}"
