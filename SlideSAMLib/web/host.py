@@ -9,6 +9,7 @@ slicer-core test harness does (REFERENCE §5), so the same `SlideSAMLogic` drive
 It also holds the one workaround for trame-slicer 2.0.0 (the latest release on PyPI on 2026-12-01,
 checked with `pip index versions trame-slicer`): see `fix_paint_pipeline_view`.
 """
+import logging
 import sys
 import types
 from pathlib import Path
@@ -79,6 +80,7 @@ def fix_paint_pipeline_view(view_manager) -> None:
     def set_active(self, is_active):
         if is_active and getattr(self, "_view", None) is None and self.GetViewNode() is not None:
             self._view = view_manager.get_view(self.GetViewNode())
+            logging.getLogger("slidesam.web").info("trame-slicer workaround: %s had no view; set to %s", type(self).__name__, self.GetViewNode().GetName())
         return original(self, is_active)
 
     SegmentationEffectPipeline.SetActive = set_active
