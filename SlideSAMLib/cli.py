@@ -30,6 +30,7 @@ EXTRA_COMMANDS = {
     "eval": "SlideSAMLib.evaluation.cli",
     "refine": "SlideSAMLib.refine_cli",
     "serve": "SlideSAMLib.server.cli",
+    "web": "SlideSAMLib.web.cli",
 }
 
 

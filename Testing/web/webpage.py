@@ -1,0 +1,123 @@
+"""Driving the real `slidesam web` page with Playwright as a user does: mouse in the slice views, buttons.
+
+The page publishes, in hidden <pre> elements, where each slice view shows what (its XY-to-RAS
+matrix and the volume's IJK-to-RAS), the prompt's state and the last run's summary; the helpers
+read them to turn voxel positions into page pixels and to wait for the server, never for a fixed time.
+"""
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("SLIDESAM_DATA", ROOT.parent / "shared" / "data"))
+CT = DATA / "ct_abdomen" / "example_ct.nii.gz"
+CT_LABELS = DATA / "ct_abdomen" / "example_seg_fast_force_split.nii.gz"
+
+WAIT_MS = 600_000  # a propagation on a loaded 2-core CI machine: minutes; the wait ends as soon as the page says so
+
+
+class WebPage:
+    def __init__(self, page):
+        self.page = page
+
+    def json(self, element_id: str):
+        return json.loads(self.page.text_content(f"#{element_id}") or "{}")
+
+    def views(self):
+        return self.json("slidesam-views")
+
+    def text(self, element_id: str) -> str:
+        return (self.page.text_content(f"#{element_id}") or "").strip()
+
+    def wait_for(self, js_condition: str, timeout_ms: int = WAIT_MS):
+        self.page.wait_for_function(f"() => {{ try {{ return {js_condition}; }} catch (e) {{ return false; }} }}", timeout=timeout_ms)
+
+    def view_box(self, name: str = "Red", timeout_s: float = 300.0):
+        """The page rectangle of a slice view's image (matched by its pixel size, which the server reports).
+
+        Right after loading, the views are still being laid out and their first frames are on the way: wait for both."""
+        deadline = time.time() + timeout_s
+        while True:
+            width, height = self.views().get(name, {}).get("dims", (0, 0))
+            images = self.page.locator("img.image-display-area")
+            boxes = [images.nth(i).bounding_box() for i in range(images.count())]
+            found = [b for b in boxes if b and round(b["width"]) == width and round(b["height"]) == height]
+            if found:
+                return found[0]
+            assert time.time() < deadline, f"no view image of {width}x{height} px among {boxes}"
+            time.sleep(1)
+
+    def page_xy(self, ijk, name: str = "Red"):
+        """Page pixel of a voxel position (i, j, k) in a slice view (VTK's view y runs upwards)."""
+        views = self.views()
+        ras = np.array(views["ijk_to_ras"]).reshape(4, 4) @ np.array([*ijk, 1.0])
+        xy = np.linalg.inv(np.array(views[name]["xy_to_ras"]).reshape(4, 4)) @ ras
+        box = self.view_box(name)
+        return box["x"] + xy[0], box["y"] + box["height"] - xy[1]
+
+    def slice_index(self, name: str = "Red") -> int:
+        """The slice a view shows once it has stopped moving (wheel events reach the server with a delay)."""
+        last, since = self.views()[name]["index"], time.time()
+        while time.time() - since < 1.5:
+            time.sleep(0.25)
+            now = self.views()[name]["index"]
+            if now != last:
+                last, since = now, time.time()
+        return last
+
+    def go_to_slice(self, target: int, name: str = "Red") -> None:
+        """Scroll the mouse wheel over the view until it shows slice `target` (Slicer: one wheel step, one slice)."""
+        box = self.view_box(name)
+        self.page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.2)
+        for _ in range(80):
+            index = self.slice_index(name)
+            if index == target:
+                return
+            for _ in range(min(abs(target - index), 6)):
+                self.page.mouse.wheel(0, -120 if index < target else 120)
+                time.sleep(0.1)
+        raise AssertionError(f"the {name} view did not reach slice {target} (at {self.slice_index(name)})")
+
+    def click_at(self, x: float, y: float) -> None:
+        """Press and release without moving (Slicer places a markup point on the release)."""
+        self.page.mouse.move(x, y)
+        time.sleep(0.4)
+        self.page.mouse.down()
+        time.sleep(0.3)
+        self.page.mouse.up()
+        time.sleep(0.4)
+
+    def place_box(self, corner0_ijk, corner1_ijk, name: str = "Red") -> None:
+        """Box button, then click one corner, move, click the opposite corner (Slicer's ROI placement)."""
+        self.page.click("#slidesam-box")
+        self.wait_for("JSON.parse(document.querySelector('#slidesam-prompt-json').textContent).placing", 60_000)
+        x0, y0 = self.page_xy(corner0_ijk, name)
+        x1, y1 = self.page_xy(corner1_ijk, name)
+        self.click_at(x0, y0)
+        for t in np.linspace(0, 1, 8)[1:]:
+            self.page.mouse.move(x0 + t * (x1 - x0), y0 + t * (y1 - y0))
+            time.sleep(0.05)
+        self.click_at(x1, y1)
+        self.wait_for("(p => !p.placing && p.box_mm.filter(v => v > 0).length >= 2)(JSON.parse(document.querySelector('#slidesam-prompt-json').textContent))", 120_000)
+
+    def run(self, button_id: str) -> dict:
+        """Click Propagate / Restart and wait until the page reports the run written (a new run summary) or an error."""
+        before = self.page.text_content("#slidesam-last")
+        self.page.click(f"#{button_id}")
+        self.wait_for(
+            f"document.querySelector('#slidesam-error').textContent.trim() || "
+            f"document.querySelector('#slidesam-last').textContent !== {json.dumps(before)}"
+        )
+        error = self.text("slidesam-error")
+        assert not error, f"the page reported: {error}"
+        return self.json("slidesam-last")
+
+    def download(self, button_id: str, folder) -> str:
+        with self.page.expect_download(timeout=120_000) as info:
+            self.page.click(f"#{button_id}")
+        path = folder / info.value.suggested_filename
+        info.value.save_as(path)
+        return path
