@@ -42,15 +42,20 @@ def read_api_key(args) -> str:
         return args.api_key.strip()
     path = getattr(args, "api_key_file", None)
     if path:
-        try:
-            lines = Path(path).read_text().splitlines()
-        except OSError as exc:
-            raise InputError(f"cannot read the API key file {path} ({exc.strerror}): give a readable file holding the key") from exc
-        key = lines[0].strip() if lines else ""
-        if not key:
-            raise InputError(f"the API key file {path} is empty: put the key on its first line")
-        return key
+        return read_key_file(path)
     return os.environ.get("SLIDESAM_API_KEY", "").strip()
+
+
+def read_key_file(path: str) -> str:
+    """The key on the first line of `path` (serve's and web's --api-key-file)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read the API key file {path} ({exc.strerror}): give a readable file holding the key") from exc
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise InputError(f"the API key file {path} is empty: put the key on its first line")
+    return key
 
 
 def is_loopback(host: str) -> bool:

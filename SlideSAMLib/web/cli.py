@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import InputError
+from ..server.cli import is_loopback, read_key_file  # light: no FastAPI, no torch
 
 DEFAULT_PORT = 8080
 
@@ -33,29 +34,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--checkpoint", help="model for the local engine process (default: the embedded LiteMedSAM)")
     p.add_argument("--device", default=None, help="device of the local engine process: cpu, cuda, mps (default: best available)")
     p.set_defaults(func=run)
-
-
-def is_loopback(host: str) -> bool:
-    """As `slidesam serve` decides (server/cli.py, not imported here: that package needs the engine's torch)."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve to anything
-
-
-def read_key_file(path: str) -> str:
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise InputError(f"cannot read the key file {path} ({exc.strerror}): give a readable file holding the key") from exc
-    key = lines[0].strip() if lines else ""
-    if not key:
-        raise InputError(f"the key file {path} is empty: put the key on its first line")
-    return key
 
 
 def _page_key(args) -> str:
