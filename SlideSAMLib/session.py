@@ -81,14 +81,17 @@ class Session:
         return sum(p.encoder_passes for p in self._predictors.values())
 
     def _check_inside(self, xyz: Point3, what: str) -> np.ndarray:
-        p = np.asarray(xyz, dtype=float)
+        try:
+            p = np.asarray(xyz, dtype=float)
+        except (TypeError, ValueError):
+            p = np.full(0, np.nan)
         if p.shape != (3,) or not np.all(np.isfinite(p)):
-            raise InputError(f"{what} {tuple(xyz)} is not an (i, j, k) voxel coordinate")
+            raise InputError(f"{what} {xyz!s} is not an (i, j, k) voxel coordinate")
         hi = np.array(self.shape_ijk) - 0.5
         if np.any(p < -0.5) or np.any(p > hi):
-            raise InputError(
-                f"{what} {tuple(np.round(p, 2))} is outside the volume (voxel size {self.shape_ijk}): place the prompt on the image"
-            )
+            where = ", ".join(f"{v:g}" for v in np.round(p, 2))
+            size = " x ".join(str(int(n)) for n in self.shape_ijk)
+            raise InputError(f"{what} ({where}) is outside the volume (size {size} voxels along i, j, k): place the prompt on the image")
         return p
 
     def _slice_axis(self, coords: np.ndarray, axis: Optional[int]) -> int:

@@ -1,4 +1,4 @@
-"""The hybrid loss of Slide-SAM (REFERENCE §1).
+"""The hybrid loss of Slide-SAM (arXiv 2311.10121): 20 x focal (alpha 0.2, gamma 2) + Dice over the three slices, IoU-head MSE.
 
 Per window the network predicts three slices.  A per-slice indicator says which of them
 are supervised: [1, 1, 1] for a 3D label, one-hot on its own slice for a 2D annotation.
