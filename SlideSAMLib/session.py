@@ -22,6 +22,7 @@ from .propagation import CancelFn, ProgressFn, PropagationResult, Propagator, St
 log = logging.getLogger("slidesam")
 Point3 = Sequence[float]
 DIRECTIONS = {"both": (1, -1), "up": (1,), "down": (-1,)}
+AXIS_NAMES = "ijk"  # slice axis 0, 1, 2 by name (the CLI's --axis i|j|k)
 
 
 class Session:
@@ -101,7 +102,7 @@ class Session:
             if axis not in (0, 1, 2):
                 raise InputError(f"slice axis {axis} is not 0 (i), 1 (j) or 2 (k)")
             if axis not in shared:
-                raise InputError(f"the prompt does not lie on one slice along axis {'ijk'[axis]}: put all its points on one slice")
+                raise InputError(f"the prompt does not lie on one slice along axis {AXIS_NAMES[axis]}: put all its points on one slice")
             return axis
         if not shared:
             raise InputError("the prompt's points do not share a slice: put the box and clicks on one slice")
@@ -120,7 +121,7 @@ class Session:
             return 0, n - 1
         lo, hi = sorted(int(v) for v in slice_range)
         if lo < 0 or hi >= n:
-            raise InputError(f"slice range {lo}..{hi} is outside 0..{n - 1} along {'ijk'[axis]}")
+            raise InputError(f"slice range {lo}..{hi} is outside 0..{n - 1} along {AXIS_NAMES[axis]}")
         return lo, hi
 
     # -- public API ------------------------------------------------------------
@@ -214,7 +215,7 @@ class Session:
             raise InputError(f"slice axis {axis} is not 0 (i), 1 (j) or 2 (k)")
         pred = self.predictor(axis)
         if not 0 <= slice_index < pred.n_slices:
-            raise InputError(f"slice {slice_index} is outside 0..{pred.n_slices - 1} along {'ijk'[axis]}")
+            raise InputError(f"slice {slice_index} is outside 0..{pred.n_slices - 1} along {AXIS_NAMES[axis]}")
         mask = np.asarray(slice_mask).astype(bool)
         if mask.shape != pred.stack.shape[1:]:
             raise InputError(f"the corrected mask has shape {mask.shape}, the slice has {pred.stack.shape[1:]}")
