@@ -24,7 +24,7 @@ def new_cache_owner() -> int:
     return next(_CACHE_OWNERS)
 
 
-# Authors' inference filters (REFERENCE §1), used for multimask models.
+# The stability score's threshold offset of the authors' inference filters (Slide-SAM's code: offset 1.0).
 STABILITY_OFFSET = 1.0
 
 
