@@ -2,8 +2,8 @@
 import json
 
 import numpy as np
+import pytest
 
-from SlideSAMLib import Session, array_of
 from SlideSAMLib.cli import main
 from SlideSAMLib.training.prompts import deepest_point
 from testdata import ORGANS, tight_box
@@ -23,16 +23,16 @@ class CountingEncoder:
         monkeypatch.setattr(model, "encode", counted)
 
 
-def _spleen_result(model, ct_image, ct_labels):
-    session = Session(model, array_of(ct_image), spacing=ct_image.GetSpacing())
+@pytest.fixture(scope="module")
+def spleen(ct_session, ct_labels):
+    """The spleen of example_ct propagated from one box (the shared session: its windows stay encoded)."""
     truth = ct_labels == ORGANS["spleen"]
     box = tight_box(truth)
-    result = session.segment(box=box, axis=2)
-    return session, truth, box[0][2], result
+    return ct_session, truth, box[0][2], ct_session.segment(box=box, axis=2)
 
 
-def test_refine_encodes_nothing_again_and_edits_the_clicked_slice(model, ct_image, ct_labels, monkeypatch):
-    session, truth, k0, result = _spleen_result(model, ct_image, ct_labels)
+def test_refine_encodes_nothing_again_and_edits_the_clicked_slice(model, spleen, monkeypatch):
+    session, truth, k0, result = spleen
     counter = CountingEncoder(model, monkeypatch)
     slices = sorted(result.slice_masks)
     s = slices[len(slices) // 4]  # a slice of the result below the prompt
@@ -54,8 +54,8 @@ def test_refine_encodes_nothing_again_and_edits_the_clicked_slice(model, ct_imag
     assert counter.windows == 0 and refined.encoder_passes == 0
 
 
-def test_refine_include_click_off_the_mask_adds_the_structure_under_it(model, ct_image, ct_labels, monkeypatch):
-    session, truth, k0, result = _spleen_result(model, ct_image, ct_labels)
+def test_refine_include_click_off_the_mask_adds_the_structure_under_it(model, spleen, ct_labels, monkeypatch):
+    session, truth, k0, result = spleen
     counter = CountingEncoder(model, monkeypatch)
     mask = result.slice_masks[k0]
     liver = (ct_labels == ORGANS["liver"])[k0]
