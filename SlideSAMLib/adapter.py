@@ -137,6 +137,7 @@ def load_adapter(path: Path, device: torch.device) -> SlideSAMModel:
         for name, value in heads.items():
             own[name].copy_(value)
     net.point_trained = bool(manifest.get("point_trained", False))
+    net.trained_neighbours = bool(manifest.get("trained_neighbours", False))  # the k-1 / k+1 branches learned their slices
     for p in net.parameters():
         p.requires_grad_(False)
     source = f"SlideSAM adapter {folder} on {base.source}" + (" (point-trained)" if net.point_trained else " (boxes only)")

@@ -47,6 +47,12 @@ class SlideSAMModel:
         """LiteMedSAM was trained with boxes only; clicks need a point-trained model."""
         return self.kind in ("official", "sam") or getattr(self.net, "point_trained", False)
 
+    @property
+    def trained_neighbours(self) -> bool:
+        """True when the outer decoder branches were trained for slices k-1 and k+1 (`slidesam train --decoder
+        neighbours`); the Slide-SAM init recipe leaves them copies of the centre branch."""
+        return bool(getattr(self.net, "trained_neighbours", False))
+
     def use_encoder(self, backend: str = "auto") -> str:
         """Run the image encoder with PyTorch or ONNX Runtime. "auto": ONNX Runtime on CPU when it is installed
         (same masks, faster), else PyTorch. The ONNX export happens at the first encode, once per weights
