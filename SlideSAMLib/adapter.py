@@ -19,8 +19,9 @@ from typing import Dict, Iterable, Optional
 
 import torch
 
-from .checkpoint import ADAPTER_MANIFEST, SlideSAMModel, load_model
 from .errors import CheckpointError
+
+ADAPTER_MANIFEST = "slidesam_adapter.json"
 
 FORMAT = "slidesam-adapter"
 FORMAT_VERSION = 1
@@ -88,7 +89,13 @@ def read_manifest(folder: Path) -> Dict:
     return manifest
 
 
-def _base_path(folder: Path, base: str) -> Optional[str]:
+def is_adapter_folder(path) -> bool:
+    return (Path(path) / ADAPTER_MANIFEST).is_file()
+
+
+def base_checkpoint(folder: Path, manifest: Dict) -> Optional[str]:
+    """The checkpoint the adapter was trained on (None: the embedded default), as `load_model` takes it."""
+    base = str(manifest["base"])
     if base == "embedded":
         return None
     p = Path(base)
@@ -101,24 +108,21 @@ def _base_path(folder: Path, base: str) -> Optional[str]:
     return str(p)
 
 
-def load_adapter(path: Path, device: torch.device) -> SlideSAMModel:
-    """The base model with the adapter's LoRA merged in and its trained heads loaded (kind 'adapter')."""
+def apply_adapter(folder: Path, manifest: Dict, net: torch.nn.Module) -> torch.nn.Module:
+    """`net` (the base network, loaded from `base_checkpoint`) with the adapter's LoRA merged in and its trained
+    heads loaded; frozen. Whether it learned point prompts is the manifest's `point_trained`."""
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = Path(path)
-    manifest = read_manifest(folder)
-    base = load_model(_base_path(folder, str(manifest["base"])), device="cpu", encoder="torch")  # the adapter changes the encoder
-    if base.spec.name != manifest["arch"]:
-        raise CheckpointError(f"adapter {folder} was trained on {manifest['arch']} but its base is {base.spec.name}: give the base it was trained on")
+    if net.spec.name != manifest["arch"]:
+        raise CheckpointError(f"adapter {folder} was trained on {manifest['arch']} but its base is {net.spec.name}: give the base it was trained on")
     lora = manifest["lora"]
     try:
         lora_sd = load_file(str(folder / LORA_WEIGHTS))
         heads = load_file(str(folder / HEADS))
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"adapter {folder} has a missing or corrupt weight file ({exc}): train the adapter again") from None
-    net = base.net
     if int(lora.get("rank", 0)) > 0 and lora_sd:
         config = LoraConfig(r=int(lora["rank"]), lora_alpha=float(lora["alpha"]), target_modules=lora["targets"], lora_dropout=0.0, bias="none")
         wrapped = get_peft_model(net, config)
@@ -136,9 +140,6 @@ def load_adapter(path: Path, device: torch.device) -> SlideSAMModel:
     with torch.no_grad():
         for name, value in heads.items():
             own[name].copy_(value)
-    net.point_trained = bool(manifest.get("point_trained", False))
-    net.trained_neighbours = bool(manifest.get("trained_neighbours", False))  # the k-1 / k+1 branches learned their slices
     for p in net.parameters():
         p.requires_grad_(False)
-    source = f"SlideSAM adapter {folder} on {base.source}" + (" (point-trained)" if net.point_trained else " (boxes only)")
-    return SlideSAMModel(net=net, device=device, source=source, kind="adapter")
+    return net

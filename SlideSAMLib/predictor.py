@@ -4,8 +4,9 @@ The encoder is almost all of the cost, so embeddings are computed only for the
 windows asked for, in small batches, and kept in an `EmbeddingCache` that the
 owner (a `Session`) shares across prompts, restarts and segments.
 """
+import itertools
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Hashable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -13,6 +14,15 @@ import torch
 from .cache import EmbeddingCache
 from .checkpoint import SlideSAMModel
 from .preprocess import Normalisation, NormalisedStack, SliceGeometry, logits_to_slice, normalisation_for, window_to_input
+
+_CACHE_OWNERS = itertools.count(1)
+
+
+def new_cache_owner() -> int:
+    """A number no other cache owner (a Session, a lone predictor) of this process has had: unlike id(), never
+    reused after its owner is freed, so a new Session cannot read a dead one's embeddings from a shared cache."""
+    return next(_CACHE_OWNERS)
+
 
 # Authors' inference filters (REFERENCE §1), used for multimask models.
 STABILITY_OFFSET = 1.0
@@ -46,11 +56,12 @@ class WindowPredictor:
         axis: int,
         modality: str = "auto",
         cache: Optional[EmbeddingCache] = None,
-        cache_key: object = None,
+        cache_owner: Optional[Hashable] = None,
         normalisation: Optional[Normalisation] = None,
         batch_size: Optional[int] = None,
     ):
-        """`volume` is a numpy (z, y, x) array; `axis` is the IJK slice axis (2 = k = numpy axis 0)."""
+        """`volume` is a numpy (z, y, x) array; `axis` is the IJK slice axis (2 = k = numpy axis 0).
+        `cache_owner`: whose windows these are in a shared `cache` (default: a new owner, see `new_cache_owner`)."""
         self.model = model
         self.axis = axis
         norm = normalisation if normalisation is not None else normalisation_for(volume, model.spec.preprocessing, modality)
@@ -60,9 +71,14 @@ class WindowPredictor:
         rows, cols = self.stack.shape[1:]
         self.geometry = SliceGeometry(rows, cols, model.spec.img_size, keep_aspect=model.spec.preprocessing == "litemedsam")
         self.cache = cache if cache is not None else EmbeddingCache()
-        self.cache_key = (cache_key, axis)
+        self.cache_owner = cache_owner if cache_owner is not None else new_cache_owner()
         self.batch_size = batch_size or default_batch_size(model.device)
         self.encoder_passes = 0
+
+    @property
+    def cache_key(self) -> tuple:
+        """The cache key of this predictor's windows (with the window index): owner, weights and encoder, axis."""
+        return (self.cache_owner, self.model.embedding_identity, self.axis)
 
     # -- encoding -----------------------------------------------------------
     def window(self, k: int) -> np.ndarray:

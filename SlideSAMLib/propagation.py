@@ -18,7 +18,7 @@ beside the main body are dropped before they can widen the next window's box.
 Thresholds were tuned on the training volumes only (see benchmarks/RESULTS.md).
 """
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,29 +30,46 @@ from .wire import MaskResultMixin
 
 CENTER_WEIGHT = 2.0
 SIDE_WEIGHT = 1.0
-# The next window's box is the neighbour mask's box grown by this many model-input pixels on
-# each side: a tight box makes SAM-family models under-segment, and the chain then shrinks.
-BOX_MARGIN_MODEL_PX = 5.0
-# How far (model-input pixels) an organ's outline may move from one slice to the next.
-STEP_MODEL_PX = 2.0
+# Tuned in session 1 as 5 and 2 pixels of the 256-pixel model input on example_ct's 366 mm wide slice (RESULTS.md
+# §1: margins of 3 or 4 px dropped the spleen to 0.76 / 0.85), restated in mm so a thin or a wide slice gets the
+# same physical margin. The next window's box is the neighbour mask's box grown by BOX_MARGIN_MM on each side: a
+# tight box makes SAM-family models under-segment, and the chain then shrinks.
+BOX_MARGIN_MM = 5 * 366 / 256  # 7.15 mm
+# How far an organ's outline may move from one slice to the next (rounded to whole pixels, at least one).
+STEP_MM = 2 * 366 / 256  # 2.86 mm
+
+
+def _threshold(value, evidence: str):
+    return field(default=value, metadata={"evidence": evidence})
+
+
+_HAND_SET = "set by hand in session 1 on example_ct / example_mr_sm (training volumes); no sweep recorded"
 
 
 @dataclass
 class StopRule:
-    min_area_fraction: float = 0.005  # of the largest centre mask accepted so far (a liver tip is ~1 % of its largest slice)
-    min_area_pixels: int = 4
-    min_overlap: float = 0.5  # Dice(centre mask, prompt mask from the neighbour window)
-    max_growth: float = 1.6  # centre area / previous centre area
-    min_iou: float = 0.5
-    min_intensity_inliers: float = 0.3  # fraction of mask voxels inside the reference intensity band
-    # A "tail" is a run of slices whose mask is below tail_fraction of the largest. On thin slices a chain can
-    # follow a small neighbour past the organ's end at a few % of its area for many slices (a 512x512x300 CT:
-    # 52 slices past the liver); real organ tips stay under 3 % for at most ~6 mm (reference labels of the
-    # training volumes; predicted ones up to 12 mm on example_ct), so a longer tail stops the chain.
-    tail_fraction: float = 0.03
-    max_tail_mm: float = 15.0
+    """When a window's centre mask ends its chain; `evidence()` says where each threshold came from.
+    RESULTS.md is benchmarks/RESULTS.md; every figure there was measured on training volumes only."""
+
+    min_area_fraction: float = _threshold(
+        0.005, "of the largest centre mask accepted so far; RESULTS.md §1: 2 % cut the liver's tip, 1 % ended it 2 slices short, 0.5 % matched the true extent")
+    min_area_pixels: int = _threshold(4, _HAND_SET)
+    min_overlap: float = _threshold(0.5, "Dice(centre mask, prompt mask from the neighbour window); " + _HAND_SET)
+    max_growth: float = _threshold(1.6, "centre area / previous centre area; " + _HAND_SET)
+    min_iou: float = _threshold(0.5, "the decoder's predicted IoU; " + _HAND_SET)
+    min_intensity_inliers: float = _threshold(0.3, "share of the raw mask's voxels inside the prompted organ's intensity band; " + _HAND_SET)
+    # On thin slices a chain can follow a small neighbour past the organ's end at a few % of its area for many
+    # slices (a 512x512x300 CT: 52 slices past the liver).
+    tail_fraction: float = _threshold(
+        0.03, "a 'tail' is a run of slices whose mask is below this fraction of the largest; real organ tips stay under 3 % for at most ~6 mm (reference labels of the training volumes)")
+    max_tail_mm: float = _threshold(
+        15.0, "RESULTS.md §1 thin slices: predicted liver tips run up to 12 mm under 3 % on example_ct; 10 mm cut its last slice")
+
+    def evidence(self) -> Dict[str, str]:
+        return {f.name: f.metadata["evidence"] for f in fields(self)}
 
     def reason(self, f: "SliceInfo", max_area: int) -> Optional[str]:
+        """Why the slice described by `f` ends its chain (None: it is accepted); areas relative to `max_area`."""
         if f.area < max(self.min_area_pixels, self.min_area_fraction * max_area):
             return "vanished"
         if f.tail_mm > self.max_tail_mm:
@@ -109,12 +126,6 @@ def box_of(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
     return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
 
 
-def slice_pixels(geometry, model_px: float) -> Tuple[float, float]:
-    """(x, y) slice pixels that make `model_px` pixels of the model's input."""
-    rh, rw = geometry.resized
-    return model_px * geometry.cols / rw, model_px * geometry.rows / rh
-
-
 def grown_box(mask: np.ndarray, margin: Tuple[float, float]) -> Optional[Tuple[float, float, float, float]]:
     """The mask's bounding box grown by `margin` (x, y) pixels, clipped to the slice; None for an empty mask."""
     box = box_of(mask)
@@ -131,6 +142,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(a, b).sum()) / s if s else 1.0
 
 
+# The prompted organ's intensity band: these percentiles of its voxels on the prompt slice, widened on each side
+# by BAND_PAD of their span (session 1, with the 2-model-pixel step: RESULTS.md §1).
 BAND_PERCENTILES = (5.0, 95.0)
 BAND_PAD = 0.05
 # A slice keeps only the components of its mask at least this fraction of the largest one's area:
@@ -139,7 +152,8 @@ MIN_COMPONENT_FRACTION = 0.3
 
 
 class IntensityModel:
-    """The prompted organ's intensity band (2nd–98th percentile of its voxels, widened by 10 % of its span)."""
+    """The prompted organ's intensity band: the 5th–95th percentile of its voxels, widened by 5 % of that span on
+    each side (BAND_PERCENTILES, BAND_PAD); unbounded when the mask has fewer than 10 voxels."""
 
     def __init__(self, image: np.ndarray, mask: np.ndarray):
         values = image[mask]
@@ -189,44 +203,85 @@ def constrain(
     return m
 
 
+def score_slice(
+    index: int,
+    pred: WindowPrediction,
+    raw: np.ndarray,
+    centre: np.ndarray,
+    prompt_mask: np.ndarray,
+    image: np.ndarray,
+    intensity: IntensityModel,
+    previous_area: int,
+    tail_mm: float,
+) -> SliceInfo:
+    """What the stop rule looks at for one window: its raw centre mask `raw`, that mask constrained (`centre`),
+    the prompt mask it was given, the slice image, the previous accepted area and the small-mask run so far."""
+    area = int(centre.sum())
+    return SliceInfo(
+        index,
+        pred.iou,
+        pred.stability,
+        area,
+        overlap=dice(centre, prompt_mask),
+        growth=area / max(previous_area, 1),
+        intensity_inliers=intensity.inliers(image, raw),
+        tail_mm=tail_mm,
+    )
+
+
+@dataclass
+class Chain:
+    """One direction's walk from the start slice: the accepted slices and what the last of them looked like."""
+
+    direction: int  # +1 (up) or -1 (down)
+    previous_mask: np.ndarray
+    previous_area: int
+    tail_slices: int = 0  # accepted small masks (below the rule's tail_fraction of the largest) in a row
+    slices: List[int] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return "up" if self.direction > 0 else "down"
+
+
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
 
 
 class Propagator:
-    """Runs one propagation on a `WindowPredictor`; holds the per-slice contributions while it runs."""
+    """Runs one propagation on a `WindowPredictor`; holds the per-slice contributions while it runs.
+
+    `spacing_mm`: (slice, row, col) voxel size of the predictor's stack; the box margin, the outline's step
+    and the tail are physical lengths."""
 
     def __init__(
         self,
         predictor: WindowPredictor,
-        rule: StopRule = StopRule(),
+        spacing_mm: Tuple[float, float, float],
+        rule: Optional[StopRule] = None,
         progress: Optional[ProgressFn] = None,
         cancel: Optional[CancelFn] = None,
-        box_margin_model_px: float = BOX_MARGIN_MODEL_PX,
-        step_model_px: float = STEP_MODEL_PX,
-        slice_spacing_mm: float = 1.0,
+        box_margin_mm: float = BOX_MARGIN_MM,
+        step_mm: float = STEP_MM,
     ):
         self.p = predictor
-        self.slice_spacing_mm = float(slice_spacing_mm)
-        self.margin = slice_pixels(predictor.geometry, box_margin_model_px)
-        step_x, step_y = slice_pixels(predictor.geometry, step_model_px)
-        self.step = (max(1, int(round(step_y))), max(1, int(round(step_x))))  # (rows, cols)
-        self.rule = rule
+        self.slice_mm, row_mm, col_mm = (float(v) for v in spacing_mm)
+        self.margin = (box_margin_mm / col_mm, box_margin_mm / row_mm)  # (x, y) slice pixels
+        self.step = (max(1, int(round(step_mm / row_mm))), max(1, int(round(step_mm / col_mm))))  # (rows, cols)
+        self.rule = rule if rule is not None else StopRule()
         self.progress = progress or (lambda fraction, message: None)
         self.cancel = cancel or (lambda: False)
         self._sum: Dict[int, torch.Tensor] = {}  # slice -> weighted logit sum, while windows may still add to it
         self._weight: Dict[int, float] = {}
         self._sealed: Dict[int, np.ndarray] = {}  # slice -> merged bool mask, once no window can add to it
 
+    # -- merging: each slice's mask is the weighted mean of the logits of the windows that cover it -----------
     def _add(self, pred: WindowPrediction, lo: int, hi: int) -> None:
         for offset, weight in ((-1, SIDE_WEIGHT), (0, CENTER_WEIGHT), (1, SIDE_WEIGHT)):
             s = pred.center + offset
             if lo <= s <= hi:
                 self._sum[s] = self._sum.get(s, 0) + weight * pred.logits[offset + 1]
                 self._weight[s] = self._weight.get(s, 0.0) + weight
-
-    def _grown_box(self, mask: np.ndarray):
-        return grown_box(mask, self.margin)
 
     def merged(self, s: int) -> Optional[np.ndarray]:
         if s in self._sealed:
@@ -241,6 +296,69 @@ class Propagator:
         if s in self._sum:
             self._sealed[s] = self.merged(s)
             del self._sum[s], self._weight[s]
+
+    def _final_masks(self, res: PropagationResult, start: int, start_mask, fixed: bool, chains: List[Chain]) -> None:
+        """The merged windows of each slice, constrained outward from the start slice along each chain."""
+        image = self.p.stack
+        if fixed:
+            res.slice_masks[start] = start_mask.astype(bool)
+        else:
+            res.slice_masks[start] = constrain(self.merged(start), image[start], self.intensity, start_mask, self.step)
+        for chain in chains:
+            previous = res.slice_masks[start]
+            for c in chain.slices:
+                previous = res.slice_masks[c] = constrain(self.merged(c), image[c], self.intensity, previous, self.step)
+
+    # -- chain stepping ---------------------------------------------------------------------------------------
+    def _window(self, c: int, chain: Chain, lo: int, hi: int) -> Tuple[Optional[WindowPrediction], Optional[np.ndarray], Optional[SliceInfo]]:
+        """Predict slice c from its neighbour's prediction of it and score it: (prediction, constrained centre
+        mask, info with the rule's verdict); all None when the neighbour left nothing to prompt with."""
+        slice_image = self.p.stack[c]  # normalised on each indexing: once per slice
+        prompt_mask = self.merged(c)
+        if prompt_mask is not None:
+            prompt_mask = constrain(prompt_mask, slice_image, self.intensity, chain.previous_mask, self.step)
+        box = grown_box(prompt_mask, self.margin) if prompt_mask is not None else None
+        if box is None:
+            return None, None, None
+        # Encode this window and the next ones in the direction of travel, one batch.
+        ahead = [c + chain.direction * i for i in range(self.p.batch_size)]
+        self.p.encode([k for k in ahead if lo <= k <= hi])
+        pred = self.p.predict(c, box=box)
+        raw = (pred.logits[1] > 0).numpy()
+        centre = constrain(raw, slice_image, self.intensity, chain.previous_mask, self.step)
+        small = int(centre.sum()) < self.rule.tail_fraction * self.max_area
+        tail_slices = chain.tail_slices + 1 if small else 0
+        info = score_slice(c, pred, raw, centre, prompt_mask, slice_image, self.intensity, chain.previous_area, tail_slices * self.slice_mm)
+        info.reason = self.rule.reason(info, self.max_area)
+        info.accepted = info.reason is None
+        if info.accepted:
+            chain.tail_slices = tail_slices
+        return pred, centre, info
+
+    def _walk(self, chain: Chain, start: int, lo: int, hi: int, res: PropagationResult) -> str:
+        """Step `chain` from `start` until the range ends, the user cancels or a window is rejected; why it stopped."""
+        c = start + chain.direction
+        while True:
+            if not (lo <= c <= hi):
+                return "volume-end" if c < 0 or c >= self.p.n_slices else "range-end"
+            if self.cancel():
+                res.cancelled = True
+                return "cancelled"
+            pred, centre, info = self._window(c, chain, lo, hi)
+            if info is None:
+                return "vanished"
+            self._done += 1
+            res.info.append(info)
+            if not info.accepted:
+                return info.reason
+            self._add(pred, lo, hi)
+            if c - chain.direction != start:  # the start slice still gets the other direction's first window
+                self._seal(c - chain.direction)  # windows from here on touch c and beyond only
+            chain.slices.append(c)
+            self.max_area = max(self.max_area, info.area)
+            chain.previous_area, chain.previous_mask = info.area, centre
+            self.progress(min(0.99, self._done / self._span), f"slice {c} ({chain.name})")
+            c += chain.direction
 
     def run(
         self,
@@ -259,81 +377,18 @@ class Propagator:
         res = result or PropagationResult(axis=self.p.axis, stack_shape=self.p.stack.shape)
         self._add(first, lo, hi)
         start_mask = fixed_start_mask if fixed_start_mask is not None else (first.logits[1] > 0).numpy()
-        image = self.p.stack
-        intensity = IntensityModel(image[start], start_mask)
+        self.intensity = IntensityModel(self.p.stack[start], start_mask)
         start_info = SliceInfo(start, first.iou, first.stability, int(start_mask.sum()))
         res.info.append(start_info)
-        chains = {}
-        max_area = max(start_info.area, int(largest_area))  # the stop rule's areas are relative to this
-        span = max(1, sum((hi - start) if d > 0 else (start - lo) for d in directions))
-        done = 0
+        self.max_area = max(start_info.area, int(largest_area))  # the stop rule's areas are relative to this
+        self._span = max(1, sum((hi - start) if d > 0 else (start - lo) for d in directions))
+        self._done = 0
+        chains = []
         for d in directions:
-            name = "up" if d > 0 else "down"
-            chain = chains[d] = []
-            prev_area = start_info.area
-            previous_mask = start_mask
-            tail_slices = 0
-            c = start + d
-            while True:
-                if not (lo <= c <= hi):
-                    res.stopped[name] = "volume-end" if c < 0 or c >= self.p.n_slices else "range-end"
-                    break
-                if self.cancel():
-                    res.cancelled = True
-                    res.stopped[name] = "cancelled"
-                    break
-                slice_image = image[c]  # normalised on each indexing: once per slice
-                prompt_mask = self.merged(c)
-                if prompt_mask is not None:
-                    prompt_mask = constrain(prompt_mask, slice_image, intensity, previous_mask, self.step)
-                box = self._grown_box(prompt_mask) if prompt_mask is not None else None
-                if box is None:
-                    res.stopped[name] = "vanished"
-                    break
-                # Encode this window and the next ones in the direction of travel, one batch.
-                ahead = [c + d * i for i in range(self.p.batch_size)]
-                self.p.encode([k for k in ahead if lo <= k <= hi])
-                pred = self.p.predict(c, box=box)
-                raw = (pred.logits[1] > 0).numpy()
-                centre = constrain(raw, slice_image, intensity, previous_mask, self.step)
-                area = int(centre.sum())
-                tail_slices = tail_slices + 1 if area < self.rule.tail_fraction * max_area else 0
-                info = SliceInfo(
-                    c,
-                    pred.iou,
-                    pred.stability,
-                    area,
-                    overlap=dice(centre, prompt_mask),
-                    growth=area / max(prev_area, 1),
-                    intensity_inliers=intensity.inliers(slice_image, raw),
-                    tail_mm=tail_slices * self.slice_spacing_mm,
-                )
-                reason = self.rule.reason(info, max_area)
-                done += 1
-                if reason:
-                    info.accepted, info.reason = False, reason
-                    res.info.append(info)
-                    res.stopped[name] = reason
-                    break
-                res.info.append(info)
-                self._add(pred, lo, hi)
-                if c - d != start:  # the start slice still gets the other direction's first window
-                    self._seal(c - d)  # windows from here on touch c and beyond only
-                chain.append(c)
-                max_area = max(max_area, area)
-                prev_area = area
-                previous_mask = centre
-                self.progress(min(0.99, done / span), f"slice {c} ({name})")
-                c += d
-        # Final masks: the averaged windows of each slice, constrained outward from the start slice.
-        if fixed_start_mask is not None:
-            res.slice_masks[start] = fixed_start_mask.astype(bool)
-        else:
-            res.slice_masks[start] = constrain(self.merged(start), image[start], intensity, start_mask, self.step)
-        for chain in chains.values():
-            previous = res.slice_masks[start]
-            for c in chain:
-                previous = res.slice_masks[c] = constrain(self.merged(c), image[c], intensity, previous, self.step)
+            chain = Chain(d, start_mask, start_info.area)
+            res.stopped[chain.name] = self._walk(chain, start, lo, hi, res)
+            chains.append(chain)
+        self._final_masks(res, start, start_mask, fixed_start_mask is not None, chains)
         res.encoder_passes += self.p.encoder_passes - passes0
         res.seconds += time.perf_counter() - t0
         return res

@@ -5,6 +5,7 @@ k = slice (z).  The numpy array of the volume is (k, j, i).  A prompt lies on on
 slice; the slice axis is the IJK axis along which all its coordinates share one index
 (k when that is ambiguous, e.g. a single click), or the one given.
 """
+import logging
 import threading
 from typing import Optional, Sequence, Tuple, Union
 
@@ -14,10 +15,11 @@ from .cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 from .checkpoint import SlideSAMModel
 from .clicks import ClickSearch, apply_clicks
 from .errors import InputError
-from .predictor import WindowPredictor
-from .preprocess import detect_modality, normalisation_for
+from .predictor import WindowPredictor, new_cache_owner
+from .preprocess import guess_modality, normalisation_for
 from .propagation import CancelFn, ProgressFn, PropagationResult, Propagator, StopRule, box_of
 
+log = logging.getLogger("slidesam")
 Point3 = Sequence[float]
 DIRECTIONS = {"both": (1, -1), "up": (1,), "down": (-1,)}
 
@@ -33,21 +35,29 @@ class Session:
         stop_rule: Optional[StopRule] = None,
         spacing: Optional[Sequence[float]] = None,
     ):
-        """`spacing`: voxel size in mm along (i, j, k), as ITK and Slicer give it; the stop rule measures
-        lengths along the slice axis with it (unknown: 1 mm is assumed)."""
+        """`spacing`: voxel size in mm along (i, j, k), as ITK and Slicer give it: the box margin, the outline's
+        step and the stop rule's tail are lengths in mm. Not given: 1 mm is assumed, and a warning says so."""
         volume = np.asarray(volume)
         if volume.ndim != 3:
             raise InputError(f"the volume is {volume.ndim}D (shape {volume.shape}): SlideSAM needs a 3D volume")
         if min(volume.shape) < 1:
             raise InputError(f"the volume is empty (shape {volume.shape})")
+        self.spacing_assumed = spacing is None
+        if spacing is None:
+            log.warning("SlideSAM: no voxel spacing given, 1 mm assumed along i, j and k (pass the image's spacing)")
         self.spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(v) for v in spacing)
         if len(self.spacing) != 3 or not all(np.isfinite(self.spacing)) or min(self.spacing) <= 0:
             raise InputError(f"voxel spacing {spacing} is not three positive sizes in mm along (i, j, k)")
         self.model = model
         self.volume = volume
         self.shape_ijk = tuple(reversed(volume.shape))  # (ni, nj, nk)
-        self.modality = detect_modality(volume) if modality == "auto" else modality
+        if modality == "auto":
+            self.modality, self.modality_reason = guess_modality(volume)
+            log.info("SlideSAM: modality %s (set the modality to override)", self.modality_reason)
+        else:
+            self.modality, self.modality_reason = modality, f"{modality.upper()}: given"
         self.cache = cache if cache is not None else EmbeddingCache(cache_bytes)
+        self.cache_owner = new_cache_owner()  # this session's windows in a shared cache
         self.stop_rule = stop_rule or StopRule()
         self._normalisation = normalisation_for(volume, model.spec.preprocessing, self.modality)
         self._predictors = {}
@@ -57,9 +67,14 @@ class Session:
     def predictor(self, axis: int) -> WindowPredictor:
         if axis not in self._predictors:
             self._predictors[axis] = WindowPredictor(
-                self.model, self.volume, axis, self.modality, cache=self.cache, cache_key=id(self), normalisation=self._normalisation
+                self.model, self.volume, axis, self.modality, cache=self.cache, cache_owner=self.cache_owner, normalisation=self._normalisation
             )
         return self._predictors[axis]
+
+    def stack_spacing(self, axis: int) -> Tuple[float, float, float]:
+        """(slice, row, col) voxel size in mm of the stack along `axis` (its rows and cols follow numpy order)."""
+        rows, cols = (a for a in (2, 1, 0) if a != axis)
+        return self.spacing[axis], self.spacing[rows], self.spacing[cols]
 
     @property
     def encoder_passes(self) -> int:
@@ -165,7 +180,7 @@ class Session:
                 kind = "box+click-edits"
             if progress:
                 progress(0.0, f"slice {k} (prompt)")
-            prop = Propagator(pred, self.stop_rule, progress, cancel, slice_spacing_mm=self.spacing[ax])
+            prop = Propagator(pred, self.stack_spacing(ax), self.stop_rule, progress, cancel)
             result = prop.run(k, first, DIRECTIONS[direction], lo, hi)
             result.encoder_passes = pred.encoder_passes - passes  # the prompt's own window included
             result.prompt = kind
@@ -211,7 +226,7 @@ class Session:
             passes = pred.encoder_passes
             pred.encode([slice_index])
             first = pred.predict(slice_index, box=(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
-            prop = Propagator(pred, self.stop_rule, progress, cancel, slice_spacing_mm=self.spacing[axis])
+            prop = Propagator(pred, self.stack_spacing(axis), self.stop_rule, progress, cancel)
             result = prop.run(slice_index, first, DIRECTIONS[direction], lo, hi, fixed_start_mask=mask, largest_area=int(largest_area or 0))
             result.encoder_passes = pred.encoder_passes - passes
             result.prompt = "restart"

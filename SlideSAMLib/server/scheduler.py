@@ -1,10 +1,11 @@
 """Fair sharing of one model between sessions: a FIFO lock taken around each network call.
 
-The engine calls the network once per encoder batch and once per window decode.  Wrapping
-those calls (and nothing bigger) in a first-come-first-served lock makes concurrent
+The engine calls the model once per encoder batch (`SlideSAMModel.encode`, PyTorch or ONNX Runtime) and the
+network once per window decode.  Wrapping those calls (and nothing bigger) in a first-come-first-served lock makes concurrent
 propagations take turns window by window: a long or cancelled propagation never holds the
 model for more than its current window, and no request can starve another.
 """
+import dataclasses
 import threading
 from collections import deque
 
@@ -64,9 +65,10 @@ class _GuardedModule:
 
 
 class GuardedNet:
-    """The network as the engine sees it (image_encoder, prompt_encoder, mask_decoder, spec, ...), each call locked."""
+    """The network as the engine's decoder sees it (prompt_encoder, mask_decoder, spec, ...), each call locked.
+    The image encoder is reached unguarded here: `SharedModel.encode` takes the lock around it, whichever backend."""
 
-    _GUARDED = ("image_encoder", "prompt_encoder", "mask_decoder")
+    _GUARDED = ("prompt_encoder", "mask_decoder")
 
     def __init__(self, net, lock: FairLock):
         self._net = net
@@ -78,6 +80,20 @@ class GuardedNet:
         return getattr(self._net, name)
 
 
+@dataclasses.dataclass
+class SharedModel(SlideSAMModel):
+    """The loaded model with every network call taking turns through `lock`; the same weights, encoder backend
+    and embedding identity as the model it was made from."""
+
+    lock: FairLock = None
+
+    def encode(self, batch):
+        with self.lock:
+            return super().encode(batch)
+
+
 def shared_model(model: SlideSAMModel, lock: FairLock) -> SlideSAMModel:
-    """A SlideSAMModel over the same weights whose network calls take turns through `lock`."""
-    return SlideSAMModel(net=GuardedNet(model.net, lock), device=model.device, source=model.source, kind=model.kind)
+    """A SlideSAMModel over the same weights, with the same encoder (`slidesam serve --encoder`), whose network
+    calls take turns through `lock`."""
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(SlideSAMModel)}
+    return SharedModel(**{**fields, "net": GuardedNet(model.net, lock)}, lock=lock)

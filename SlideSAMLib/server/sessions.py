@@ -5,7 +5,6 @@ sessions and eviction is oldest-first over all of them (the cache is an LRU on w
 session not used for a while loses its embeddings before an active one does).  A session
 evicted from the cache still works: the engine re-encodes the windows it needs.
 """
-import itertools
 import secrets
 import threading
 import time
@@ -41,8 +40,8 @@ class ServerFull(StoreError):
 class SharedEmbeddingCache(EmbeddingCache):
     """The engine's byte-accounted LRU cache, plus per-session accounting and removal on close.
 
-    Engine keys are ((session_key, axis), window); a closed session's windows are dropped at
-    once so that a later session reusing its key can never see them.
+    Engine keys are ((session's cache owner, weights, axis), window); a closed session's windows are dropped at
+    once, so that the budget goes to the sessions still open.
     """
 
     @staticmethod
@@ -71,7 +70,7 @@ class Job:
 @dataclass
 class SessionEntry:
     id: str
-    key: int  # the engine cache key of this session (unique for the server's life, unlike id())
+    key: int  # the engine session's cache owner (`Session.cache_owner`: unique in the process, unlike id())
     session: Session
     geometry: dict
     created: float
@@ -84,25 +83,13 @@ class SessionEntry:
             "shape_kji": list(self.session.volume.shape),
             "dtype": self.session.volume.dtype.str,
             "modality": self.session.modality,
+            "modality_reason": self.session.modality_reason,
             **self.geometry,
             "cached_bytes": cache.bytes_of(self.key),
             "encoder_passes": self.session.encoder_passes,
             "running_jobs": list(self.jobs),
             "expires_in_s": None if self.jobs else round(max(0.0, ttl - (now - self.last_used)), 1),
         }
-
-
-class KeyedSession(Session):
-    """An engine Session whose embedding-cache key is a server-unique number instead of id(self)."""
-
-    def __init__(self, *args, cache_owner: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._cache_owner = cache_owner
-
-    def predictor(self, axis: int):
-        pred = super().predictor(axis)
-        pred.cache_key = (self._cache_owner, axis)
-        return pred
 
 
 class SessionStore:
@@ -122,7 +109,6 @@ class SessionStore:
         self._entries: "OrderedDict[str, SessionEntry]" = OrderedDict()
         self._expired: "OrderedDict[str, float]" = OrderedDict()  # recently expired ids, to answer 410 not 404
         self._lock = threading.Lock()
-        self._keys = itertools.count(1)
         self._stop = threading.Event()
         self._reaper: Optional[threading.Thread] = None
 
@@ -134,11 +120,10 @@ class SessionStore:
                 raise ServerFull(
                     f"the server holds its maximum of {self.max_sessions} sessions: close unused sessions or wait {self.ttl_s:g} s for idle ones to expire"
                 )
-            key = next(self._keys)
         # Normalising the volume is the costly part: outside the store lock.
-        session = KeyedSession(self.model, volume, modality=modality, cache=self.cache, cache_owner=key, spacing=geometry.get("spacing"))
+        session = Session(self.model, volume, modality=modality, cache=self.cache, spacing=geometry.get("spacing"))
         now = self.clock()
-        entry = SessionEntry(id=secrets.token_urlsafe(12), key=key, session=session, geometry=geometry, created=now, last_used=now)
+        entry = SessionEntry(id=secrets.token_urlsafe(12), key=session.cache_owner, session=session, geometry=geometry, created=now, last_used=now)
         with self._lock:
             self._entries[entry.id] = entry
         return entry

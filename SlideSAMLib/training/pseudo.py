@@ -95,7 +95,7 @@ def run(args) -> int:
     volume = array_of(image)
     prompts = read_prompts(args.prompts, volume.shape)
     model = load_model(args.checkpoint, device=args.device, encoder=args.encoder)
-    labels = pseudo_labels(Session(model, volume, modality=args.modality), prompts)
+    labels = pseudo_labels(Session(model, volume, modality=args.modality, spacing=image.GetSpacing()), prompts)
     write_result(labels, image, out)
     empty = sum(1 for k, _, label in prompts if not (labels[k] == label).any())
     print(f"wrote {out}: {len(prompts)} prompted slices, {empty} of them empty; model: {model.source}. "

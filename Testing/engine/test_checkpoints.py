@@ -141,7 +141,7 @@ def test_plain_sam_checkpoint_gets_slide_sam_init(tmp_path):
     path = tmp_path / "sam_vit_b.pth"
     torch.save(sam.state_dict(), path)
     model = load_model(path, device="cpu")
-    assert model.kind == "sam"
+    assert model.kind == "sam" and model.supports_points
     dec = model.net.mask_decoder
     for a, b in zip(dec.output_upscaling.parameters(), dec.output_upscaling3.parameters()):
         torch.testing.assert_close(a, b)
@@ -192,3 +192,16 @@ def test_unavailable_device_is_reported():
         pytest.skip("this machine has CUDA")
     with pytest.raises(CheckpointError, match="CUDA is not available"):
         load_model(None, device="cuda")
+
+
+def test_each_loader_declares_whether_clicks_reach_the_decoder(tmp_path, model):
+    """LiteMedSAM's own .pth was once kind "sam" (clicks sent to a decoder that never learned points), and a
+    three-slice file without LoRA was labelled "official"."""
+    from SlideSAMLib.checkpoint import embedded_checkpoint_path
+
+    lite = load_model(embedded_checkpoint_path(), device="cpu", encoder="torch")
+    assert lite.kind == "litemedsam" and not lite.supports_points and "LiteMedSAM" in lite.source
+    path = tmp_path / "three_slice_litemedsam.pth"
+    torch.save(model.net.state_dict(), path)
+    three = load_model(path, device="cpu", encoder="torch")
+    assert three.kind == "three_slice" and not three.supports_points and "without LoRA" in three.source

@@ -41,7 +41,7 @@ def test_masks_match_pytorch(model, torch_model, ct_image, ct_labels):
     k = box[0][2]
     masks = {}
     for name, m in (("onnx", model), ("torch", torch_model)):
-        masks[name] = Session(m, array_of(ct_image)).segment(box=box, slice_range=(k - 3, k + 3)).volume_mask()
+        masks[name] = Session(m, array_of(ct_image), spacing=ct_image.GetSpacing()).segment(box=box, slice_range=(k - 3, k + 3)).volume_mask()
     assert masks["torch"].any()
     assert dice(masks["onnx"], masks["torch"]) >= 0.999
 

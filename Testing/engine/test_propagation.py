@@ -154,6 +154,18 @@ def test_bad_spacing_is_refused_in_one_line(model, ct_labels, spacing):
     assert "\n" not in str(err.value)
 
 
+def test_unknown_spacing_is_said_in_one_line(model, ct_labels, caplog):
+    """Lengths are in mm (margin, step, tail): a session without the voxel size says that it assumes 1 mm."""
+    from SlideSAMLib import Session
+
+    with caplog.at_level("WARNING", logger="slidesam"):
+        assumed = Session(model, ct_labels)
+        given = Session(model, ct_labels, spacing=(3.0, 3.0, 3.0))
+    lines = [r.getMessage() for r in caplog.records if "spacing" in r.getMessage()]
+    assert len(lines) == 1 and "1 mm assumed" in lines[0] and "\n" not in lines[0]
+    assert assumed.spacing_assumed and assumed.spacing == (1.0, 1.0, 1.0) and not given.spacing_assumed
+
+
 def test_bad_largest_area_is_refused_before_any_work(ct_session, ct_labels):
     label = ct_labels == ORGANS["kidney_right"]
     k = int(label.sum(axis=(1, 2)).argmax())
@@ -161,3 +173,23 @@ def test_bad_largest_area_is_refused_before_any_work(ct_session, ct_labels):
     with pytest.raises(InputError, match="largest_area") as err:
         ct_session.restart(label[k], k, direction="up", largest_area=-5)
     assert "\n" not in str(err.value) and ct_session.encoder_passes == before
+
+
+def test_each_propagator_gets_its_own_default_rule(ct_session):
+    from SlideSAMLib.propagation import Propagator
+
+    p = ct_session.predictor(2)
+    Propagator(p, ct_session.stack_spacing(2)).rule.max_growth = 99.0  # one caller's tweak ...
+    assert Propagator(p, ct_session.stack_spacing(2)).rule.max_growth == 1.6  # ... is not the next one's default
+
+
+def test_box_margin_and_step_are_millimetres(ct_session):
+    """The margin and the outline's step are physical lengths: the same mm whatever the pixel size, per axis."""
+    from SlideSAMLib import Session
+    from SlideSAMLib.propagation import BOX_MARGIN_MM, STEP_MM, Propagator
+
+    fine = Session(ct_session.model, ct_session.volume, spacing=(2.0, 0.5, 3.0))
+    assert fine.stack_spacing(2) == (3.0, 0.5, 2.0) and fine.stack_spacing(0) == (2.0, 3.0, 0.5)  # (slice, row, col)
+    prop = Propagator(fine.predictor(2), fine.stack_spacing(2))
+    assert prop.margin == (BOX_MARGIN_MM / 2.0, BOX_MARGIN_MM / 0.5)  # (x = col, y = row) pixels
+    assert prop.step == (round(STEP_MM / 0.5), max(1, round(STEP_MM / 2.0)))  # (rows, cols) pixels

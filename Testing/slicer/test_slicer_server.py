@@ -53,7 +53,7 @@ def remote_logic(server):
 def local_masks(slidesam_model, ct, window):
     from SlideSAMLib import Session
 
-    session = Session(slidesam_model, np.array(slicer.util.arrayFromVolume(ct.node)))
+    session = Session(slidesam_model, np.array(slicer.util.arrayFromVolume(ct.node)), spacing=ct.image.GetSpacing())
     return session.segment(box=ct.box_ijk, slice_range=window).volume_mask()
 
 
