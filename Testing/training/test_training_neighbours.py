@@ -110,3 +110,39 @@ def test_cli_refuses_2d_labels_for_neighbours(capsys, tmp_path, data_dir):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--decoder neighbours" in err
     assert not out.exists()
+
+
+def test_a_vanishing_neighbour_ends_the_chain_only_for_trained_neighbours(model, data_dir):
+    """Propagation: a model that declares trained neighbour heads stops where its neighbour prediction falls below
+    the stop rule's 'vanished' area, without encoding the next window; the untuned default goes on (as before)."""
+    from SlideSAMLib import array_of, read_image
+    from SlideSAMLib.predictor import WindowPredictor
+    from SlideSAMLib.propagation import Chain, IntensityModel, Propagator
+
+    d = data_dir / "mr_abdomen"
+    image = read_image(d / "example_mr_sm.nii.gz")
+    labels = array_of(read_image(d / "example_seg_mr.nii.gz"))
+    kidney = labels == 2  # kidney_right (labels_total_mr.json)
+    areas = kidney.reshape(len(kidney), -1).sum(axis=1)
+    c = int(np.argmax(areas))
+    p = WindowPredictor(model, array_of(image), 2)
+    prop = Propagator(p, spacing_mm=tuple(image.GetSpacing())[::-1])
+    prop.intensity = IntensityModel(p.stack[c - 1], kidney[c - 1])
+    prop.max_area = int(areas.max())
+    ys, xs = np.nonzero(kidney[c] & kidney[c - 1])
+    tiny = torch.full(kidney[c].shape, -1.0)
+    tiny[ys[len(ys) // 2], xs[len(xs) // 2]] = 1.0  # one pixel: below 0.5 % of the largest area, not empty
+    assert prop.rule.vanished(1, prop.max_area) and not prop.rule.vanished(int(areas[c]), prop.max_area)
+    saved = model.trained_neighbours
+    try:
+        for trained in (True, False):
+            model.trained_neighbours = trained
+            prop._sum, prop._weight, prop._sealed = {c: tiny.clone()}, {c: 1.0}, {}
+            passes = p.encoder_passes
+            pred, _, info = prop._window(c, Chain(1, kidney[c - 1], int(areas[c - 1])), 0, p.n_slices - 1)
+            if trained:
+                assert pred is None and info is None and p.encoder_passes == passes
+            else:
+                assert pred is not None and info is not None and p.encoder_passes > passes
+    finally:
+        model.trained_neighbours = saved
