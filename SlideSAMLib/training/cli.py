@@ -80,6 +80,10 @@ def command_line(args) -> str:
     defaults = {"structures": None, "base": None, "device": None, "max_minutes": None, "max_windows": None}
     for name in ("structures", "base", "max_windows", "pool", "steps", "batch_size", "lr", "rank", "alpha", "decoder", "point_fraction", "seed", "device", "max_minutes", "save_every"):
         value = getattr(args, name)
+        if args.decoder == "neighbours" and name in ("rank", "alpha", "point_fraction", "save_every"):
+            continue  # not used by the neighbour heads (no LoRA, boxes only, one save at the end)
+        if args.decoder != "neighbours" and name in ("max_windows", "pool"):
+            continue
         if value is not None or name not in defaults:
             parts += [f"--{name.replace('_', '-')}", str(value)]
     for flag in ("no_amp", "no_augment", "resume", "embed_only"):
