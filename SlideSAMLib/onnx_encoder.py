@@ -72,6 +72,7 @@ class OnnxEncoder:
         path = folder / f"encoder-{weights_digest(encoder)}-{img_size}-opset{OPSET}.onnx"
         if path.is_file():
             return path
+        tmp = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
             log.info("SlideSAM: exporting the image encoder for ONNX Runtime once, to %s", path)
@@ -88,7 +89,7 @@ class OnnxEncoder:
         except OSError as exc:
             raise CheckpointError(f"cannot write the ONNX encoder to {folder} ({exc}): set SLIDESAM_CACHE_DIR to a writable folder, or use --encoder torch") from exc
         finally:
-            if "tmp" in locals() and os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.remove(tmp)
         return path
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
-# The authors' windows (REFERENCE §1).
+# The authors' windows (Slide-SAM, arXiv 2311.10121, and its code): CT clipped to [-200, 400] HU, MR to [0, 600].
 SLIDESAM_CT_RANGE = (-200.0, 400.0)
 SLIDESAM_MR_RANGE = (0.0, 600.0)
 # MedSAM's CT window (level 40, width 400) and MR percentiles, for the LiteMedSAM default.

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import Cancelled
+from .evaluation.metrics import dice
 from .predictor import WindowPrediction, WindowPredictor
 from .wire import MaskResultMixin
 
@@ -88,9 +88,6 @@ class StopRule:
         return None
 
 
-NO_STOP = StopRule(0.0, 1, -1.0, float("inf"), -1.0, -1.0, max_tail_mm=float("inf"))
-
-
 @dataclass
 class SliceInfo:
     index: int
@@ -138,11 +135,6 @@ def grown_box(mask: np.ndarray, margin: Tuple[float, float]) -> Optional[Tuple[f
     rows, cols = mask.shape
     x0, y0, x1, y1 = box
     return max(0.0, x0 - mx), max(0.0, y0 - my), min(cols - 1.0, x1 + mx), min(rows - 1.0, y1 + my)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 2.0 * int(np.logical_and(a, b).sum()) / s if s else 1.0
 
 
 # The prompted organ's intensity band: these percentiles of its voxels on the prompt slice, widened on each side

@@ -22,6 +22,7 @@ from .propagation import CancelFn, ProgressFn, PropagationResult, Propagator, St
 log = logging.getLogger("slidesam")
 Point3 = Sequence[float]
 DIRECTIONS = {"both": (1, -1), "up": (1,), "down": (-1,)}
+AXIS_NAMES = "ijk"  # slice axis 0, 1, 2 by name (the CLI's --axis i|j|k)
 
 
 class Session:
@@ -81,14 +82,17 @@ class Session:
         return sum(p.encoder_passes for p in self._predictors.values())
 
     def _check_inside(self, xyz: Point3, what: str) -> np.ndarray:
-        p = np.asarray(xyz, dtype=float)
+        try:
+            p = np.asarray(xyz, dtype=float)
+        except (TypeError, ValueError):
+            p = np.full(0, np.nan)
         if p.shape != (3,) or not np.all(np.isfinite(p)):
-            raise InputError(f"{what} {tuple(xyz)} is not an (i, j, k) voxel coordinate")
+            raise InputError(f"{what} {xyz!s} is not an (i, j, k) voxel coordinate")
         hi = np.array(self.shape_ijk) - 0.5
         if np.any(p < -0.5) or np.any(p > hi):
-            raise InputError(
-                f"{what} {tuple(np.round(p, 2))} is outside the volume (voxel size {self.shape_ijk}): place the prompt on the image"
-            )
+            where = ", ".join(f"{v:g}" for v in np.round(p, 2))
+            size = " x ".join(str(int(n)) for n in self.shape_ijk)
+            raise InputError(f"{what} ({where}) is outside the volume (size {size} voxels along i, j, k): place the prompt on the image")
         return p
 
     def _slice_axis(self, coords: np.ndarray, axis: Optional[int]) -> int:
@@ -98,7 +102,7 @@ class Session:
             if axis not in (0, 1, 2):
                 raise InputError(f"slice axis {axis} is not 0 (i), 1 (j) or 2 (k)")
             if axis not in shared:
-                raise InputError(f"the prompt does not lie on one slice along axis {'ijk'[axis]}: put all its points on one slice")
+                raise InputError(f"the prompt does not lie on one slice along axis {AXIS_NAMES[axis]}: put all its points on one slice")
             return axis
         if not shared:
             raise InputError("the prompt's points do not share a slice: put the box and clicks on one slice")
@@ -117,7 +121,7 @@ class Session:
             return 0, n - 1
         lo, hi = sorted(int(v) for v in slice_range)
         if lo < 0 or hi >= n:
-            raise InputError(f"slice range {lo}..{hi} is outside 0..{n - 1} along {'ijk'[axis]}")
+            raise InputError(f"slice range {lo}..{hi} is outside 0..{n - 1} along {AXIS_NAMES[axis]}")
         return lo, hi
 
     # -- public API ------------------------------------------------------------
@@ -211,7 +215,7 @@ class Session:
             raise InputError(f"slice axis {axis} is not 0 (i), 1 (j) or 2 (k)")
         pred = self.predictor(axis)
         if not 0 <= slice_index < pred.n_slices:
-            raise InputError(f"slice {slice_index} is outside 0..{pred.n_slices - 1} along {'ijk'[axis]}")
+            raise InputError(f"slice {slice_index} is outside 0..{pred.n_slices - 1} along {AXIS_NAMES[axis]}")
         mask = np.asarray(slice_mask).astype(bool)
         if mask.shape != pred.stack.shape[1:]:
             raise InputError(f"the corrected mask has shape {mask.shape}, the slice has {pred.stack.shape[1:]}")

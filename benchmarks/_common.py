@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from SlideSAMLib.evaluation.metrics import dice  # noqa: E402,F401  (the package's one Dice, for the benchmarks)
+
 DATA = ROOT / ".." / "shared" / "data"
 CT = DATA / "ct_abdomen" / "example_ct.nii.gz"
 CT_LABELS = DATA / "ct_abdomen" / "example_seg_fast_force_split.nii.gz"
@@ -88,12 +90,6 @@ def tight_box(labels: np.ndarray, label: int, k: int):
     """Session box ((i0, j0, k), (i1, j1, k)) around `label` on slice k."""
     jj, ii = np.nonzero(labels[k] == label)
     return (int(ii.min()), int(jj.min()), k), (int(ii.max()), int(jj.max()), k)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    s = int(a.sum()) + int(b.sum())
-    return 2.0 * int(np.logical_and(a, b).sum()) / s if s else 1.0
 
 
 def label_extent(labels: np.ndarray, label: int) -> Optional[Tuple[int, int]]:

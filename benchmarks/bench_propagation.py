@@ -6,7 +6,7 @@ memory is that workflow's alone (the parent holds the reference labels, derives 
   2. restart: the reference liver label of a slice half-way towards the liver's lower end is the
      "correction"; propagate from it downwards;
   3. second prompt: tight box of the spleen on its largest slice, same session (not with --quick).
-"encode_all" is the authors' approach (REFERENCE §1): first encode every window of the volume with the
+"encode_all" is the authors' approach (Slide-SAM's code): first encode every window of the volume with the
 PyTorch fp32 encoder in batches of 4 on a fresh Session, then run the same workflow from the cache.
 "lazy" is the engine as shipped (its default encoder: ONNX Runtime on CPU). "encode_all_same_encoder"
 encodes everything first with the engine's own encoder, which isolates what laziness alone buys.

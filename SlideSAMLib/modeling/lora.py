@@ -4,7 +4,7 @@
   q and v get B(A x) added, scale 1, no bias, possibly nested (a fine-tuned rank-1 LoRA
   inside the original).  `merge_official_qkv_lora` folds it into plain qkv weights, which
   is exactly the same function and costs nothing at inference.
-* The project's own training uses peft LoRA on the encoder's qkv linears (`peft_config`).
+* The project's own training uses peft LoRA on the encoder's qkv linears (configured in training/trainer.py).
 """
 import re
 from typing import Dict
@@ -49,10 +49,3 @@ def lora_rank(sd: Dict[str, torch.Tensor]) -> int:
         if m:
             return int(value.shape[0])
     return 0
-
-
-def peft_config(rank: int = 8, alpha: int = 8, dropout: float = 0.0):
-    """peft LoRA on every qkv linear of the image encoder (ViT and TinyViT both name it `qkv`)."""
-    from peft import LoraConfig
-
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=r".*image_encoder.*\.qkv$", bias="none")

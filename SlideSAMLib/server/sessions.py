@@ -142,10 +142,6 @@ class SessionStore:
             self._entries.move_to_end(session_id)
             return entry
 
-    def touch(self, entry: SessionEntry) -> None:
-        with self._lock:
-            entry.last_used = self.clock()
-
     def close(self, session_id: str) -> None:
         with self._lock:
             entry = self._entries.pop(session_id, None)

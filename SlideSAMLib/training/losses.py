@@ -1,4 +1,4 @@
-"""The hybrid loss of Slide-SAM (REFERENCE §1).
+"""The hybrid loss of Slide-SAM (arXiv 2311.10121): 20 x focal (alpha 0.2, gamma 2) + Dice over the three slices, IoU-head MSE.
 
 Per window the network predicts three slices.  A per-slice indicator says which of them
 are supervised: [1, 1, 1] for a 3D label, one-hot on its own slice for a 2D annotation.
@@ -18,12 +18,10 @@ DICE_SMOOTH = 1.0
 
 
 def focal_per_slice(logits: torch.Tensor, target: torch.Tensor, alpha=FOCAL_ALPHA, gamma=FOCAL_GAMMA) -> torch.Tensor:
-    """Sigmoid focal loss averaged over pixels: [B, S, H, W] -> [B, S]."""
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p = torch.sigmoid(logits)
-    p_t = p * target + (1 - p) * (1 - target)
-    weight = alpha * target + (1 - alpha) * (1 - target)
-    return (weight * (1 - p_t) ** gamma * ce).mean(dim=(-2, -1))
+    """Sigmoid focal loss (torchvision's) averaged over pixels: [B, S, H, W] -> [B, S]."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    return sigmoid_focal_loss(logits, target, alpha=alpha, gamma=gamma, reduction="none").mean(dim=(-2, -1))
 
 
 def dice_per_slice(logits: torch.Tensor, target: torch.Tensor, smooth=DICE_SMOOTH) -> torch.Tensor:

@@ -49,30 +49,19 @@ def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter=BOX_JITTER_F
     return tuple(float(v) for v in b)
 
 
-def _erode(mask: np.ndarray) -> np.ndarray:
-    """One step of binary erosion with a 3x3 cross (pixels at the image border erode too)."""
-    out = mask.copy()
-    out[1:, :] &= mask[:-1, :]
-    out[:-1, :] &= mask[1:, :]
-    out[:, 1:] &= mask[:, :-1]
-    out[:, :-1] &= mask[:, 1:]
-    out[0, :] = out[-1, :] = False
-    out[:, 0] = out[:, -1] = False
-    return out
-
-
 def deepest_point(mask: np.ndarray) -> Tuple[int, int]:
     """(x, y) of a mask pixel farthest from the background: a click 'in the middle' of the structure.
 
-    Pure numpy (repeated erosion) so that training needs no image library; among the last
-    surviving pixels, the one nearest their centroid.
+    Farthest in city-block steps (scipy's chamfer distance transform; outside the image counts as background);
+    among those pixels, the one nearest their centroid.
     """
-    core = mask.astype(bool)
-    while True:
-        inner = _erode(core)
-        if not inner.any():
-            break
-        core = inner
+    from scipy import ndimage
+
+    m = np.asarray(mask, bool)
+    if not m.any():
+        raise ValueError("deepest_point of an empty mask")
+    depth = ndimage.distance_transform_cdt(np.pad(m, 1), metric="taxicab")[1:-1, 1:-1]
+    core = depth == depth.max()
     ys, xs = np.nonzero(core)
     i = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))
     return int(xs[i]), int(ys[i])

@@ -54,7 +54,13 @@ def test_export_is_reused_and_follows_the_weights(tmp_path, monkeypatch, torch_m
     again = OnnxEncoder(encoder, torch_model.spec.img_size, threads=1)
     assert again.path == first.path and again.path.stat().st_mtime_ns == stamp
     assert [p.name for p in (tmp_path / "onnx").iterdir()] == [first.path.name]  # no temporary file left
-    changed = torch.nn.Linear(2, 2)
+    # the digest follows this encoder's own weights: equal for a copy, different after one value moves by 1e-3
+    import copy
+
+    changed = copy.deepcopy(encoder)
+    assert weights_digest(changed) == weights_digest(encoder)
+    with torch.no_grad():
+        next(changed.parameters()).view(-1)[0] += 1e-3
     assert weights_digest(changed) != weights_digest(encoder)
 
 

@@ -193,3 +193,11 @@ def test_box_margin_and_step_are_millimetres(ct_session):
     prop = Propagator(fine.predictor(2), fine.stack_spacing(2))
     assert prop.margin == (BOX_MARGIN_MM / 2.0, BOX_MARGIN_MM / 0.5)  # (x = col, y = row) pixels
     assert prop.step == (round(STEP_MM / 0.5), max(1, round(STEP_MM / 2.0)))  # (rows, cols) pixels
+
+
+def test_outside_the_volume_says_plain_numbers_and_the_size(ct_session):
+    """numpy coordinates once printed as np.float64(500.0), and the volume's dimensions as a "voxel size"."""
+    with pytest.raises(InputError) as err:
+        ct_session.segment(box=((np.float64(10.0), np.int64(10), 50), (np.float64(500.0), 40.0, 50)))
+    message = str(err.value)
+    assert "np." not in message and "box corner (500, 40, 50)" in message and "size 122 x 101 x 112 voxels" in message

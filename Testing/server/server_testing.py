@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from SlideSAMLib.evaluation.metrics import dice  # noqa: F401  (the package's one Dice)
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".." / "shared" / "data"
 MR = DATA / "mr_abdomen" / "example_mr_sm.nii.gz"
@@ -84,8 +86,3 @@ def box_around(labels_2d: np.ndarray, k: int, margin: int = 1):
     """A box prompt (i, j, k corners) a margin around a label's extent on one slice, as an annotator would draw."""
     jj, ii = np.nonzero(labels_2d)
     return ((int(ii.min()) - margin, int(jj.min()) - margin, k), (int(ii.max()) + margin, int(jj.max()) + margin, k))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())

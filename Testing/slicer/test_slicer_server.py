@@ -87,8 +87,17 @@ def test_server_result_equals_the_local_engine_and_restart_reuses_it(mrml, ct, w
 def test_an_expired_server_session_is_uploaded_again(mrml, ct, window, remote_logic, local_masks):
     import time
 
-    remote_logic.session(ct.node)  # the volume's session from the earlier run
-    time.sleep(SESSION_TTL_S + 2.5)  # the server's reaper closes it
+    remote = remote_logic.session(ct.node)  # the volume's session from the earlier run
+    assert remote.client.status()["sessions"] >= 1
+    deadline = time.monotonic() + 60 * SESSION_TTL_S
+    # Until the server's reaper has closed every idle session, ours included (no fixed sleep). /status does not
+    # count as using a session; asking for the session itself would.
+    while time.monotonic() < deadline:
+        if remote.client.status()["sessions"] == 0:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the server kept an idle session for {60 * SESSION_TTL_S} s with a {SESSION_TTL_S} s TTL")
     seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "after expiry")
     messages = []
     report = remote_logic.segment(ct.node, seg, "again", box=ct.box_ras, sliceRange=window, progress=lambda f, m: messages.append(m))
