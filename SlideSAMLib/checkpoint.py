@@ -40,6 +40,9 @@ class SlideSAMModel:
     source: str  # human-readable: "embedded LiteMedSAM", "official Slide-SAM vit_b (LoRA r=8) from x.pth", ...
     kind: str  # "embedded", "litemedsam", "sam", "official", "three_slice", "adapter": see `load_model`
     supports_points: bool  # declared by the loader: the decoder learned point prompts (else clicks use the box search)
+    # declared by the loader: the k-1 / k+1 upscaling branches were trained for their own slices (`slidesam train
+    # --decoder neighbours`); the Slide-SAM init recipe leaves them copies of the centre branch
+    trained_neighbours: bool = False
     encoder_backend: str = "torch"  # "torch" or "onnx" (ONNX Runtime, CPU only): see use_encoder
     _encoder_requested: str = "torch"
     _onnx_encoder: Optional[object] = None
@@ -231,7 +234,8 @@ def load_model(checkpoint: Optional[Union[str, Path]] = None, device=None, encod
         net = adapter.apply_adapter(folder, manifest, base.net)
         points = bool(manifest.get("point_trained", False))  # what its training gave the decoder, per its manifest
         source = f"SlideSAM adapter {folder} on {base.source}" + (" (point-trained)" if points else " (boxes only)")
-        model = SlideSAMModel(net=net, device=dev, source=source, kind="adapter", supports_points=points)
+        model = SlideSAMModel(net=net, device=dev, source=source, kind="adapter", supports_points=points,
+                              trained_neighbours=bool(manifest.get("trained_neighbours", False)))
     else:
         path = embedded_checkpoint_path() if checkpoint is None else str(checkpoint)
         sd = read_state_dict(path)

@@ -127,14 +127,7 @@ class WindowPredictor:
             labels = torch.as_tensor([[1 if p[2] else 0 for p in points]], dtype=torch.int64, device=dev)
         multimask = net.spec.multimask
         with torch.inference_mode():
-            sparse, dense = net.prompt_encoder(points=(coords, labels) if coords is not None else None, boxes=boxes, masks=None)
-            low, iou = net.mask_decoder(
-                image_embeddings=emb,
-                image_pe=net.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
+            low, iou = net.decode(emb, boxes=boxes, points=(coords, labels) if coords is not None else None, multimask=multimask)
         low = low[0].float().cpu()
         iou = iou[0].float().cpu()
         best = int(torch.argmax(iou)) if multimask else 0

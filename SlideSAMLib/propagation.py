@@ -68,9 +68,12 @@ class StopRule:
     def evidence(self) -> Dict[str, str]:
         return {f.name: f.metadata["evidence"] for f in fields(self)}
 
+    def vanished(self, area: int, max_area: int) -> bool:
+        return area < max(self.min_area_pixels, self.min_area_fraction * max_area)
+
     def reason(self, f: "SliceInfo", max_area: int) -> Optional[str]:
         """Why the slice described by `f` ends its chain (None: it is accepted); areas relative to `max_area`."""
-        if f.area < max(self.min_area_pixels, self.min_area_fraction * max_area):
+        if self.vanished(f.area, max_area):
             return "vanished"
         if f.tail_mm > self.max_tail_mm:
             return "tail"
@@ -309,6 +312,10 @@ class Propagator:
         prompt_mask = self.merged(c)
         if prompt_mask is not None:
             prompt_mask = constrain(prompt_mask, slice_image, self.intensity, chain.previous_mask, self.step)
+        if prompt_mask is not None and self.p.model.trained_neighbours and self.rule.vanished(int(prompt_mask.sum()), self.max_area):
+            # A model whose outer branches learned their slices predicts a structure's end: its neighbour mask
+            # vanishing is evidence enough, and the next window is neither encoded nor decoded.
+            return None, None, None
         box = grown_box(prompt_mask, self.margin) if prompt_mask is not None else None
         if box is None:
             return None, None, None

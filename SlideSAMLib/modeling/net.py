@@ -23,3 +23,16 @@ class SlideSAMNet(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.spec = spec
+
+    def decode(self, embeddings, boxes=None, points=None, multimask: bool = None):
+        """Low-res logits [B, 3 or 9, 256, 256] and predicted IoUs of prompts on image embeddings [B, 256, 64, 64]:
+        `boxes` [B, 4] and/or `points` (coords [B, N, 2], labels [B, N]), in model-input pixels; segment-anything's
+        prompt encoder -> mask decoder glue, written once for the predictor and the trainer."""
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
+        return self.mask_decoder(
+            image_embeddings=embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=self.spec.multimask if multimask is None else multimask,
+        )

@@ -76,6 +76,11 @@ class GuardedNet:
         for name in self._GUARDED:
             setattr(self, name, _GuardedModule(getattr(net, name), lock))
 
+    def decode(self, *args, **kwargs):
+        """The network's prompt -> mask decode as one turn of the lock."""
+        with self._lock:
+            return self._net.decode(*args, **kwargs)
+
     def __getattr__(self, name):
         return getattr(self._net, name)
 

@@ -26,9 +26,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--rank", type=int, default=8, help="LoRA rank")
     p.add_argument("--alpha", type=int, default=16, help="LoRA alpha")
-    p.add_argument("--decoder", choices=["heads", "heads+lora", "full"], default="heads+lora",
+    p.add_argument("--decoder", choices=["heads", "heads+lora", "full", "neighbours"], default="heads+lora",
                    help="decoder parts that train: heads (upscaling branches, hypernetworks, IoU head, tokens), "
-                        "heads+lora (also LoRA on the decoder attention; default), full (whole decoder and prompt encoder)")
+                        "heads+lora (also LoRA on the decoder attention; default), full (whole decoder and prompt encoder), "
+                        "neighbours (only the k-1 / k+1 upscaling branches, encoder frozen with cached embeddings, boxes only: "
+                        "the prompted slice keeps the base model's masks exactly)")
+    p.add_argument("--val-pair", nargs="+", action="append", default=[], metavar="FILE",
+                   help="neighbours: IMAGE LABEL [NAMES.json] held out of training, only to report the neighbour loss on (repeatable)")
+    p.add_argument("--max-windows", type=int, default=None, help="neighbours: at most this many centre slices per volume (evenly spaced; each is one encoder pass)")
+    p.add_argument("--pool", type=int, default=320, help="neighbours: training examples (window, structure, jittered box) drawn once; steps draw batches from them")
+    p.add_argument("--embed-only", action="store_true", help="neighbours: compute the cached embeddings of the training windows, then stop")
     p.add_argument("--point-fraction", type=float, default=0.5, help="share of windows prompted by clicks only (0 = boxes only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
@@ -48,15 +55,15 @@ def _pairs(items, option):
         yield item[0], item[1], item[2] if len(item) == 3 else None
 
 
-def load_volumes(args):
+def load_volumes(args, options=(("--pair", False), ("--pair2d", True))):
     """Every pair read and checked, and the structures resolved, before the model is even loaded."""
     from .dataset import load_pair, select_structures
 
-    if not args.pair and not args.pair2d:
-        raise InputError("no training data: give --pair IMAGE LABEL [NAMES.json] (repeatable)")
+    if not any(getattr(args, o[2:].replace("-", "_")) for o, _ in options):
+        raise InputError(f"no training data: give {options[0][0]} IMAGE LABEL [NAMES.json] (repeatable)")
     volumes, data = [], []
-    for option, sparse in (("--pair", False), ("--pair2d", True)):
-        for image, label, names in _pairs(getattr(args, option[2:]), option):
+    for option, sparse in options:
+        for image, label, names in _pairs(getattr(args, option[2:].replace("-", "_")), option):
             volumes.append(load_pair(image, label, names, sparse=sparse))
             data.append({"image": str(image), "label": str(label), "names": names, "kind": "2d" if sparse else "3d"})
     wanted = [s for s in args.structures.split(",") if s.strip()] if args.structures else None
@@ -67,15 +74,19 @@ def load_volumes(args):
 def command_line(args) -> str:
     """The invocation, rebuilt from the parsed options (recorded in the adapter's manifest)."""
     parts = ["slidesam", "train"]
-    for option in ("pair", "pair2d"):
+    for option in ("pair", "pair2d", "val_pair"):
         for item in getattr(args, option):
-            parts += [f"--{option}", *item]
-    defaults = {"structures": None, "base": None, "device": None, "max_minutes": None}
-    for name in ("structures", "base", "steps", "batch_size", "lr", "rank", "alpha", "decoder", "point_fraction", "seed", "device", "max_minutes", "save_every"):
+            parts += [f"--{option.replace('_', '-')}", *item]
+    defaults = {"structures": None, "base": None, "device": None, "max_minutes": None, "max_windows": None}
+    for name in ("structures", "base", "max_windows", "pool", "steps", "batch_size", "lr", "rank", "alpha", "decoder", "point_fraction", "seed", "device", "max_minutes", "save_every"):
         value = getattr(args, name)
+        if args.decoder == "neighbours" and name in ("rank", "alpha", "point_fraction", "save_every"):
+            continue  # not used by the neighbour heads (no LoRA, boxes only, one save at the end)
+        if args.decoder != "neighbours" and name in ("max_windows", "pool"):
+            continue
         if value is not None or name not in defaults:
             parts += [f"--{name.replace('_', '-')}", str(value)]
-    for flag in ("no_amp", "no_augment", "resume"):
+    for flag in ("no_amp", "no_augment", "resume", "embed_only"):
         if getattr(args, flag):
             parts.append(f"--{flag.replace('_', '-')}")
     parts += ["-o", str(args.out)]
@@ -83,6 +94,12 @@ def command_line(args) -> str:
 
 
 def run(args) -> int:
+    if args.decoder == "neighbours":
+        from .neighbours_cli import run_neighbours
+
+        return run_neighbours(args)
+    if args.val_pair or args.embed_only:
+        raise InputError("--val-pair and --embed-only go with --decoder neighbours")
     from .trainer import TrainConfig, Trainer
 
     if not 0.0 <= args.point_fraction <= 1.0:

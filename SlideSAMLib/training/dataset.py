@@ -223,13 +223,20 @@ def to_model_frame(window, target, indicator, spec, rng, point_fraction, name=""
     rows, cols = window.shape[1:]
     geometry = SliceGeometry(rows, cols, spec.img_size, keep_aspect=spec.preprocessing == "litemedsam")
     image = window_to_input(window, geometry, spec.preprocessing)
-    rh, rw = geometry.resized
-    t = F.interpolate(torch.from_numpy(target.astype(np.float32))[None], size=(rh, rw), mode="bilinear", align_corners=False)[0] > 0.5
-    full = torch.zeros((3, spec.img_size, spec.img_size), dtype=torch.float32)
-    full[:, :rh, :rw] = t.float()
+    full, low = labels_to_model(target, geometry)
     centre = full[1].numpy() > 0.5
     if centre.sum() < 3:
         return None
     prompt = simulate(centre, rng, point_fraction)
-    low = full if spec.img_size == 256 else (F.interpolate(full[None], size=(256, 256), mode="area")[0] > 0.5).float()
     return Example(image=image, target=low, indicator=torch.from_numpy(np.asarray(indicator, dtype=np.float32)), prompt=prompt, source=name)
+
+
+def labels_to_model(target: np.ndarray, geometry: SliceGeometry):
+    """(3, rows, cols) bool label slices -> (model-input frame (3, S, S), low-res frame (3, 256, 256)) float 0/1,
+    resized like the image (`window_to_input`) and padded like it."""
+    rh, rw = geometry.resized
+    t = F.interpolate(torch.from_numpy(target.astype(np.float32))[None], size=(rh, rw), mode="bilinear", align_corners=False)[0] > 0.5
+    full = torch.zeros((3, geometry.img_size, geometry.img_size), dtype=torch.float32)
+    full[:, :rh, :rw] = t.float()
+    low = full if geometry.img_size == 256 else (F.interpolate(full[None], size=(256, 256), mode="area")[0] > 0.5).float()
+    return full, low
