@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from .errors import InputError
 from .predictor import WindowPrediction, WindowPredictor
-from .propagation import BOX_MARGIN_MM, grown_box
+from .propagation import BOX_MARGIN_MODEL_PX, grown_box, slice_pixels
 
 # Half-sides of the candidate squares, as fractions of the slice's longer side.
 BOX_FRACTIONS = tuple(0.02 * 1.25 ** n for n in range(15))
@@ -52,7 +52,7 @@ class ClickSearch:
         self.rows, self.cols = predictor.stack.shape[1:]
         self.disc_px = max(1.5, BAND_DISC_MM / pixel_mm)
         self.ring_px = max(1, int(round(RING_MM / pixel_mm)))
-        self.margin = (BOX_MARGIN_MM / pixel_mm, BOX_MARGIN_MM / pixel_mm)  # (x, y) slice pixels
+        self.margin = slice_pixels(predictor.geometry, BOX_MARGIN_MODEL_PX)
         self.decodes = 0  # decoder calls of the last search (for tests and the benchmark)
 
     def predict(self, k: int, clicks: Sequence[Click]) -> WindowPrediction:

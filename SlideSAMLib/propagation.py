@@ -30,13 +30,16 @@ from .wire import MaskResultMixin
 
 CENTER_WEIGHT = 2.0
 SIDE_WEIGHT = 1.0
-# Tuned in session 1 as 5 and 2 pixels of the 256-pixel model input on example_ct's 366 mm wide slice (RESULTS.md
-# §1: margins of 3 or 4 px dropped the spleen to 0.76 / 0.85), restated in mm so a thin or a wide slice gets the
-# same physical margin. The next window's box is the neighbour mask's box grown by BOX_MARGIN_MM on each side: a
-# tight box makes SAM-family models under-segment, and the chain then shrinks.
-BOX_MARGIN_MM = 5 * 366 / 256  # 7.15 mm
-# How far an organ's outline may move from one slice to the next (rounded to whole pixels, at least one).
-STEP_MM = 2 * 366 / 256  # 2.86 mm
+# In model-input pixels, as tuned (session 1 on example_ct; RESULTS.md §1: margins of 3 or 4 px dropped the spleen
+# to 0.76 / 0.85): 5 px of LiteMedSAM's 256-px input are 7.15 mm on example_ct's 366 mm wide slice. The margin
+# answers the model's under-segmentation of tight boxes, a property of its input grid. Restated in mm (7.15 and
+# 2.86 mm per axis) they changed the thin-slice restart of Testing/engine/test_propagation.py on its anisotropic
+# 0.71 x 0.59 mm pixels: 13.4 mm -> 37.0 mm past the liver's end, so they stay in model pixels.
+# The next window's box is the neighbour mask's box grown by BOX_MARGIN_MODEL_PX on each side: a tight box makes
+# SAM-family models under-segment, and the chain then shrinks.
+BOX_MARGIN_MODEL_PX = 5.0
+# How far (model-input pixels) an organ's outline may move from one slice to the next.
+STEP_MODEL_PX = 2.0
 
 
 def _threshold(value, evidence: str):
@@ -124,6 +127,12 @@ def box_of(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
     if not xs.size:
         return None
     return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+
+
+def slice_pixels(geometry, model_px: float) -> Tuple[float, float]:
+    """(x, y) slice pixels that make `model_px` pixels of the model's input."""
+    rh, rw = geometry.resized
+    return model_px * geometry.cols / rw, model_px * geometry.rows / rh
 
 
 def grown_box(mask: np.ndarray, margin: Tuple[float, float]) -> Optional[Tuple[float, float, float, float]]:
@@ -246,8 +255,8 @@ CancelFn = Callable[[], bool]
 class Propagator:
     """Runs one propagation on a `WindowPredictor`; holds the per-slice contributions while it runs.
 
-    `spacing_mm`: (slice, row, col) voxel size of the predictor's stack; the box margin, the outline's step
-    and the tail are physical lengths."""
+    `spacing_mm`: (slice, row, col) voxel size of the predictor's stack; the tail is a length in mm along the
+    slice axis, the box margin and the outline's step are model-input pixels (see BOX_MARGIN_MODEL_PX)."""
 
     def __init__(
         self,
@@ -256,13 +265,14 @@ class Propagator:
         rule: Optional[StopRule] = None,
         progress: Optional[ProgressFn] = None,
         cancel: Optional[CancelFn] = None,
-        box_margin_mm: float = BOX_MARGIN_MM,
-        step_mm: float = STEP_MM,
+        box_margin_model_px: float = BOX_MARGIN_MODEL_PX,
+        step_model_px: float = STEP_MODEL_PX,
     ):
         self.p = predictor
-        self.slice_mm, row_mm, col_mm = (float(v) for v in spacing_mm)
-        self.margin = (box_margin_mm / col_mm, box_margin_mm / row_mm)  # (x, y) slice pixels
-        self.step = (max(1, int(round(step_mm / row_mm))), max(1, int(round(step_mm / col_mm))))  # (rows, cols)
+        self.slice_mm = float(spacing_mm[0])
+        self.margin = slice_pixels(predictor.geometry, box_margin_model_px)  # (x, y) slice pixels
+        step_x, step_y = slice_pixels(predictor.geometry, step_model_px)
+        self.step = (max(1, int(round(step_y))), max(1, int(round(step_x))))  # (rows, cols)
         self.rule = rule if rule is not None else StopRule()
         self.progress = progress or (lambda fraction, message: None)
         self.cancel = cancel or (lambda: False)

@@ -183,16 +183,17 @@ def test_each_propagator_gets_its_own_default_rule(ct_session):
     assert Propagator(p, ct_session.stack_spacing(2)).rule.max_growth == 1.6  # ... is not the next one's default
 
 
-def test_box_margin_and_step_are_millimetres(ct_session):
-    """The margin and the outline's step are physical lengths: the same mm whatever the pixel size, per axis."""
+def test_stack_spacing_and_the_model_pixel_margin(ct_session):
+    """(slice, row, col) spacing of each stack; the margin and step are model-input pixels on any voxel size."""
     from SlideSAMLib import Session
-    from SlideSAMLib.propagation import BOX_MARGIN_MM, STEP_MM, Propagator
+    from SlideSAMLib.propagation import BOX_MARGIN_MODEL_PX, STEP_MODEL_PX, Propagator, slice_pixels
 
     fine = Session(ct_session.model, ct_session.volume, spacing=(2.0, 0.5, 3.0))
-    assert fine.stack_spacing(2) == (3.0, 0.5, 2.0) and fine.stack_spacing(0) == (2.0, 3.0, 0.5)  # (slice, row, col)
+    assert fine.stack_spacing(2) == (3.0, 0.5, 2.0) and fine.stack_spacing(0) == (2.0, 3.0, 0.5)
     prop = Propagator(fine.predictor(2), fine.stack_spacing(2))
-    assert prop.margin == (BOX_MARGIN_MM / 2.0, BOX_MARGIN_MM / 0.5)  # (x = col, y = row) pixels
-    assert prop.step == (round(STEP_MM / 0.5), max(1, round(STEP_MM / 2.0)))  # (rows, cols) pixels
+    assert prop.slice_mm == 3.0 and prop.margin == slice_pixels(prop.p.geometry, BOX_MARGIN_MODEL_PX)
+    sx, sy = slice_pixels(prop.p.geometry, STEP_MODEL_PX)
+    assert prop.step == (max(1, round(sy)), max(1, round(sx)))
 
 
 def test_outside_the_volume_says_plain_numbers_and_the_size(ct_session):
