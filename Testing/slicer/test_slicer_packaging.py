@@ -127,3 +127,19 @@ def test_cmake_minimum_range_is_the_extension_templates():
     for path in (ROOT / "CMakeLists.txt",):
         match = re.search(r"cmake_minimum_required\(VERSION (\S+) FATAL_ERROR\)", path.read_text())
         assert match and match.group(1) == TEMPLATE_CMAKE_RANGE, path
+
+
+def test_the_engine_package_list_is_packaged_where_dependencies_reads_it():
+    """dependencies.py reads pyproject.toml from the folder holding SlideSAMLib: the build must put a copy there."""
+    from SlideSAMSlicer import dependencies
+    from SlideSAMLib.engine_process import LIB_PARENT
+
+    assert dependencies.PYPROJECT == Path(LIB_PARENT) / "pyproject.toml"
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    # SlideSAMLib lands in <build>/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/SlideSAMLib (the scripts' DESTINATION_DIR in
+    # Slicer's slicerMacroBuildScriptedModule); pyproject.toml must be copied to that folder's root.
+    copy = re.search(r"configure_file\(\s*(\S+)\s+(\S+)\s+COPYONLY\s*\)", text.split("set(MODULE_PYTHON_RESOURCES")[0].split("endforeach()")[-1])
+    assert copy, "SlideSAM/CMakeLists.txt does not copy pyproject.toml beside SlideSAMLib"
+    assert copy.group(1) == "${CMAKE_CURRENT_SOURCE_DIR}/../pyproject.toml"
+    assert copy.group(2) == "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/pyproject.toml"
+    assert (MODULE_DIR / ".." / "pyproject.toml").resolve().is_file()
