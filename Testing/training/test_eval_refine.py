@@ -91,6 +91,7 @@ def test_eval_json_holds_the_interactive_protocol_curve(data_dir, tmp_path, caps
         assert 0.0 <= c["dice"] <= 1.0 and 0.0 <= c["surface_dice_2mm"] <= 1.0
     dice = [c["dice"] for c in curve[1:]]
     assert it["dice_auc"] == round(sum((a + b) / 2 for a, b in zip(dice[:-1], dice[1:])), 4)
-    assert it["dice_final"] == curve[-1]["dice"] and it["encoder_passes"] == 0
+    assert it["dice_final"] == curve[-1]["dice"]
+    assert res["encoder_passes_total"] <= 20  # 20 slices: no window encoded twice (the refinements encoded 4 new ones)
     assert report["summary"]["interactive"]["mean_dice_curve"] == [c["dice"] for c in curve]
     assert "Interactive protocol (CVPR 2025)" in (out / "eval.md").read_text()
