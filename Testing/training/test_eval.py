@@ -34,8 +34,9 @@ def test_eval_writes_report_with_plausible_values(data_dir, tmp_path, capsys, mo
     eff = res["efficiency"]
     assert eff["box_every_slice_prompts"] == 3 and 1 <= eff["prompts"] <= 3 and eff["box_every_slice_dice"] > 0.85
     assert set(res["slice_dice"]) == {"0", "1", "2"}
-    # one row per run (box, jitter-1, point), one in the anchors table and one in the labelling-efficiency table
-    assert (out / "eval.md").read_text().count("| ct_liver_3slice/dicom | liver |") == 5
+    # one row per run (box, jitter-1, point), one each in the anchors, interactive and labelling-efficiency tables
+    assert (out / "eval.md").read_text().count("| ct_liver_3slice/dicom | liver |") == 6
+    assert [c["interaction"] for c in res["interactive"]["curve"]][:2] == ["box", "click-1"]
     assert res["anchors"]["oracle"]["extent_pred"] == [0, 2] and res["engine_vs_oracle"] > 0.9  # measured 0.991
     assert (out / "ct_liver_3slice_dicom_liver.png").stat().st_size > 10_000
     assert spacings and all(max(abs(a - b) for a, b in zip(sp, report["cases"][0]["spacing"])) < 1e-6 for sp in spacings), spacings

@@ -61,12 +61,16 @@ def test_refine_include_click_off_the_mask_adds_the_structure_under_it(model, sp
     liver = (ct_labels == ORGANS["liver"])[k0]
     assert liver.any() and not (liver & mask).any()
     x, y = deepest_point(liver)
+    predictor = session.predictor(2)
+    cached = {k for k in range(predictor.n_slices) if predictor.is_encoded(k)}
     refined = session.refine(k0, [((x, y, k0), True)], mask, axis=2)
     new = refined.slice_masks[k0]
     assert new[y, x] and (new & mask).sum() == mask.sum()  # the liver's pixel added, the spleen kept
     added = new & ~mask
     assert 2 * (added & liver).sum() / (added.sum() + liver.sum()) > 0.5  # what was added is the liver
-    assert counter.windows == 0
+    # The liver reaches slices the spleen never did (measured: 58 new windows): those are encoded once, no cached one again.
+    newly = {k for k in range(predictor.n_slices) if predictor.is_encoded(k)} - cached
+    assert k0 in cached and counter.windows == len(newly) == refined.encoder_passes
 
 
 def test_eval_json_holds_the_interactive_protocol_curve(data_dir, tmp_path, capsys):
@@ -87,6 +91,7 @@ def test_eval_json_holds_the_interactive_protocol_curve(data_dir, tmp_path, caps
         assert 0.0 <= c["dice"] <= 1.0 and 0.0 <= c["surface_dice_2mm"] <= 1.0
     dice = [c["dice"] for c in curve[1:]]
     assert it["dice_auc"] == round(sum((a + b) / 2 for a, b in zip(dice[:-1], dice[1:])), 4)
-    assert it["dice_final"] == curve[-1]["dice"] and it["encoder_passes"] == 0
+    assert it["dice_final"] == curve[-1]["dice"]
+    assert res["encoder_passes_total"] <= 20  # 20 slices: no window encoded twice (the refinements encoded 4 new ones)
     assert report["summary"]["interactive"]["mean_dice_curve"] == [c["dice"] for c in curve]
     assert "Interactive protocol (CVPR 2025)" in (out / "eval.md").read_text()
