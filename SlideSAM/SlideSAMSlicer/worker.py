@@ -43,13 +43,6 @@ class BackgroundJob:
         self._cancel.set()
         self.message = "cancelling (finishing the current slice)"
 
-    @property
-    def cancel_requested(self) -> bool:
-        return self._cancel.is_set()
-
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
     def poll(self):
         """(done, fraction, message) — call from the main thread's timer."""
         return (not self._thread.is_alive() and self._thread.ident is not None), self.fraction, self.message

@@ -13,7 +13,6 @@ Loss: the Slide-SAM mask loss (20 x focal + Dice) on the two outer slices (indic
 an empty neighbour target (past a structure's end) asks for an empty mask.
 """
 import csv
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from .dataset import MIN_AREA, _slices_with, labels_to_model
 from .embeddings import EmbeddingStore
 from .losses import FOCAL_WEIGHT, mask_loss
 from .prompts import jittered_box
+from .trainer import lr_at  # warm-up then cosine, read from cfg.lr / warmup / steps
 
 NEIGHBOUR_BRANCHES = ("mask_decoder.output_upscaling.", "mask_decoder.output_upscaling3.")  # slices k-1, k+1
 CENTRE_BRANCH = "mask_decoder.output_upscaling2."
@@ -62,13 +62,6 @@ class NeighbourConfig:
     command: str = ""
     data: List[dict] = field(default_factory=list)
     val_data: List[dict] = field(default_factory=list)
-
-
-def lr_at(step: int, cfg: NeighbourConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
 class NeighbourSampler:

@@ -81,3 +81,17 @@ def slidesam_model(model):
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     return model
+
+
+@pytest.fixture(scope="module")
+def ct(mrml, data_dir):
+    """example_ct loaded as a real scalar volume node, with its left-kidney reference (slicer_data.load_kidney_ct)."""
+    from slicer_data import load_kidney_ct
+
+    return load_kidney_ct(mrml, data_dir)
+
+
+@pytest.fixture(scope="module")
+def window(ct):
+    """Slices k-4..k+4 around the kidney's prompt slice: a short propagation for the engine-path tests."""
+    return (ct.k - 4, ct.k + 4)

@@ -4,17 +4,13 @@ import types
 import numpy as np
 import SimpleITK as sitk
 
+from SlideSAMLib.evaluation.metrics import dice  # noqa: F401  (the one Dice; the Slicer tests import it from here)
+
 KIDNEY_LEFT = 3  # TotalSegmentator label in example_seg_fast_force_split
 
 
 def lps_to_ras(p):
     return np.array([-p[0], -p[1], p[2]])
-
-
-def dice(a, b):
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    s = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / s if s else 1.0
 
 
 def load_kidney_ct(mrml, data_dir):

@@ -15,7 +15,6 @@ import slicer
 import SlideSAM
 from SlideSAMLib.engine_process import EngineError, LocalEngine, check_python
 from SlideSAMSlicer.writer import read_segment
-from slicer_data import load_kidney_ct
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +31,6 @@ def engine(slidesam_model, engine_log):  # the model fixture first: it sets the 
         yield engine
     finally:
         engine.stop()
-
-
-@pytest.fixture(scope="module")
-def ct(mrml, data_dir):
-    return load_kidney_ct(mrml, data_dir)
-
-
-@pytest.fixture(scope="module")
-def window(ct):
-    return (ct.k - 4, ct.k + 4)
 
 
 def same_scores(got, expected):

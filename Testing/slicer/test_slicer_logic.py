@@ -16,7 +16,7 @@ from SlideSAMLib.errors import InputError
 from SlideSAMLib.propagation import StopRule
 from SlideSAMSlicer import geometry
 from SlideSAMSlicer.writer import EditRules, read_segment
-from slicer_data import dice, load_kidney_ct, lps_to_ras
+from slicer_data import dice, lps_to_ras
 
 OTHER = "overlapping block"
 
@@ -35,11 +35,6 @@ def matrix(volume_node):
     m = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(m)
     return slicer.util.arrayFromVTKMatrix(m)
-
-
-@pytest.fixture(scope="module")
-def ct(mrml, data_dir):
-    return load_kidney_ct(mrml, data_dir)
 
 
 @pytest.fixture(scope="module")

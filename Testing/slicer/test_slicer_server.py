@@ -15,7 +15,7 @@ import SlideSAM
 from SlideSAMLib.client import AuthError, ServerError
 from SlideSAMLib.errors import InputError
 from SlideSAMSlicer.writer import read_segment
-from slicer_data import dice, load_kidney_ct
+from slicer_data import dice
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from server_testing import API_KEY, ServerProcess  # noqa: E402
@@ -30,16 +30,6 @@ def server(tmp_path_factory, slidesam_model):  # the model fixture first: it set
         yield process.wait_ready()
     finally:
         process.stop()
-
-
-@pytest.fixture(scope="module")
-def ct(mrml, data_dir):
-    return load_kidney_ct(mrml, data_dir)
-
-
-@pytest.fixture(scope="module")
-def window(ct):
-    return (ct.k - 4, ct.k + 4)
 
 
 @pytest.fixture(scope="module")

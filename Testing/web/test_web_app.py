@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from SlideSAMLib.evaluation.metrics import dice
 from webpage import CT, CT_LABELS, ROOT, WebPage
 
 KIDNEY_LEFT = 3  # TotalSegmentator label of the left kidney in example_seg_fast_force_split
@@ -19,11 +20,6 @@ KIDNEY_BOX = ((27, 28, SLICE), (44, 45, SLICE))
 DECOY_BOX = ((60, 40, SLICE), (80, 60, SLICE))  # placed first, then replaced: the run must use KIDNEY_BOX
 PAINT_AT = (36, 60, SLICE)  # outside the kidney on the prompt slice
 TIMINGS = {}
-
-
-def dice(a, b) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    return float(2 * (a & b).sum() / (a.sum() + b.sum())) if a.sum() + b.sum() else 1.0
 
 
 def read_ct():
