@@ -292,7 +292,7 @@ class Session:
             x0, y0, x1, y1 = box
             first = pred.predict(k, box=(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
             first = cleared(first, mask & ~corrected)  # what a click removed stays out of the neighbours' prompts
-            prop = Propagator(pred, self.stop_rule, progress, cancel, slice_spacing_mm=self.spacing[axis])
+            prop = Propagator(pred, self.stack_spacing(axis), self.stop_rule, progress, cancel)
             result = prop.run(k, first, DIRECTIONS["both"], lo, hi, fixed_start_mask=corrected, largest_area=int(largest_area or 0))
             result.encoder_passes = pred.encoder_passes - passes
             result.prompt = "refine"
