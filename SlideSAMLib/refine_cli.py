@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import InputError
 from .onnx_encoder import ENCODER_BACKENDS, ENCODER_HELP
+from .stop_reasons import describe_stops
 
 
 def add_parser(subparsers) -> None:
@@ -95,5 +96,5 @@ def run(args) -> int:
     write_result(labels, image, out, segment_name=args.name)
     s = res.summary()
     print(f"wrote {out}: slice {args.slice_index} corrected, slices {s['slices'][0]}..{s['slices'][-1]} along {s['axis']} re-propagated "
-          f"(stopped {s['stopped']}), {s['encoder_passes']} encoder passes, model: {model.source}", file=sys.stdout)
+          f"(stopped {describe_stops(s['stopped'])}), {s['encoder_passes']} encoder passes, model: {model.source}", file=sys.stdout)
     return 0
