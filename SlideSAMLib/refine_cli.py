@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
         help="correct a saved result with include/exclude clicks on one slice and propagate again from it",
         description="Include (--point) and exclude (--negative) clicks on slice K of a saved result correct that slice "
                     "(a box-only model edits its mask; a point-capable one decodes the clicks); propagation then runs "
-                    "both ways from it and replaces the segment within --range. Nothing already encoded is encoded again.",
+                    "both ways from it and replaces the segment within --range. Each window is encoded once (a new process starts with no embeddings; Session.refine in a script reuses them).",
     )
     p.add_argument("image", help="the volume the result was made on")
     p.add_argument("result", help="the saved result: a label map on the image's grid (.nii.gz, .nrrd, .seg.nrrd)")
