@@ -9,7 +9,8 @@ Why a process: inside 3D Slicer the main thread holds Python's GIL while Qt wait
 on a Python thread in Slicer's process only runs during the main thread's short Python ticks (issue 11 §1).
 The engine process has its own interpreter; Slicer's side only waits on a socket.
 
-The process is `<python> -m SlideSAMLib.cli serve --host 127.0.0.1 --port <free> --api-key-file <0600 file>`,
+The process is `<python> -m SlideSAMLib.cli serve --host 127.0.0.1 --port <free> --api-key-file <0600 file>
+--parent-pid <this PID>` (so a crashed Slicer leaves no engine behind),
 with the folder holding SlideSAMLib first on PYTHONPATH.  Its output goes to a log file (`log_path`; the
 engine never blocks on a full pipe) that a thread forwards line by line to `log` (Python logging by default,
 which in Slicer is Slicer's log).  A process that died is started again by the next `client()` call.
@@ -161,7 +162,8 @@ class LocalEngine:
             return None
 
     def command(self, port: int, key_file: str) -> List[str]:
-        args = [self.python or default_python(), "-m", "SlideSAMLib.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--api-key-file", key_file]
+        args = [self.python or default_python(), "-m", "SlideSAMLib.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--api-key-file", key_file,
+                "--parent-pid", str(os.getpid())]  # the engine stops itself if this process dies without cleanup
         for flag, value in (("--checkpoint", self.checkpoint), ("--device", self.device), ("--encoder", self.encoder), ("--threads", self.threads)):
             if value is not None:
                 args += [flag, str(value)]

@@ -32,6 +32,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cache-mb", type=float, default=2048.0, metavar="MB", help="memory for cached embeddings across all sessions (default 2048)")
     p.add_argument("--max-sessions", type=int, default=32, help="open sessions at most (default 32)")
     p.add_argument("--max-upload-mb", type=float, default=1024.0, metavar="MB", help="largest volume upload, compressed and uncompressed (default 1024)")
+    p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                   help="stop when process PID ends (the local engine passes Slicer's PID, so a crashed Slicer leaves no engine behind)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
 
@@ -80,6 +82,11 @@ def check_options(args, api_key: str) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be positive")
     if args.threads is not None and args.threads < 1:
         raise InputError("--threads must be at least 1")
+    if args.parent_pid is not None:
+        from .parent import process_alive
+
+        if args.parent_pid < 1 or not process_alive(args.parent_pid):
+            raise InputError(f"--parent-pid {args.parent_pid} is not a running process: give the PID of the process that should own the server")
     if args.max_sessions < 1:
         raise InputError("--max-sessions must be at least 1")
     if len(api_key) < 8 and api_key:
@@ -112,5 +119,10 @@ def run(args) -> int:
     where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
     print(f"slidesam serve: {model.source} on {model.device}, listening on {where} ({'API key required' if api_key else 'no API key'}); API at {where}/docs", file=sys.stderr, flush=True)
     logging.getLogger("slidesam.server").setLevel(args.log_level.upper())
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=3)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=3))
+    if args.parent_pid is not None:
+        from .parent import watch_parent
+
+        watch_parent(args.parent_pid, on_gone=lambda: setattr(server, "should_exit", True))  # uvicorn's graceful shutdown
+    server.run()
     return 0
