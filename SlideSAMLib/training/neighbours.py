@@ -287,7 +287,8 @@ def save_neighbour_adapter(trainer: NeighbourTrainer, figures: Dict[str, object]
     from safetensors.torch import save_file
 
     from .. import __version__
-    from ..adapter import FORMAT, FORMAT_VERSION, HEADS, LORA_WEIGHTS, _atomic_write
+    from ..adapter import FORMAT, FORMAT_VERSION, HEADS, LORA_WEIGHTS
+    from ..atomic import atomic_write as _atomic_write
     from ..checkpoint import ADAPTER_MANIFEST
 
     cfg, folder = trainer.cfg, Path(trainer.cfg.out)

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..checkpoint import SlideSAMModel, load_model
 from ..errors import InputError
 from .dataset import Example, LabelledVolume, WindowSampler
@@ -219,9 +220,7 @@ class Trainer:
             return
         trainable = {n: p.detach().cpu() for n, p in self.net.named_parameters() if p.requires_grad}
         state = {"step": self.step, "trainable": trainable, "optimizer": self.optimizer.state_dict(), "config": asdict(self.cfg)}
-        tmp = self.out / (STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.out / STATE_FILE)
+        atomic_write(self.out / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
     def load_state(self) -> None:
         path = self.out / STATE_FILE
