@@ -175,14 +175,7 @@ class Trainer:
                 coords = torch.tensor([[p[:2] for p in examples[i].prompt.points] for i in idx], dtype=torch.float32, device=dev)
                 labels = torch.tensor([[p[2] for p in examples[i].prompt.points] for i in idx], dtype=torch.int64, device=dev)
                 points = (coords, labels)
-            sparse, dense = net.prompt_encoder(points=points, boxes=boxes, masks=None)
-            low, iou = net.mask_decoder(
-                image_embeddings=emb[idx],
-                image_pe=net.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=self.spec.multimask,
-            )
+            low, iou = net.decode(emb[idx], boxes=boxes, points=points, multimask=self.spec.multimask)
             for j, i in enumerate(idx):
                 logits[i], ious[i] = low[j], iou[j]
         return torch.stack(logits), torch.stack(ious)
