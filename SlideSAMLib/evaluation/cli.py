@@ -35,10 +35,12 @@ def run(args) -> int:
     from ..training.dataset import read_label_names
     from ..structures import check_structure_names, parse_structures
     from .evaluate import evaluate, load_case
+    from .metrics import monai_metrics
     from .report import figure, pyplot, safe_name, write_json, write_markdown
 
     if not args.case:
         raise InputError("no evaluation data: give --case IMAGE LABEL [NAMES.json] (repeatable)")
+    monai_metrics()  # the `eval` extra: say so before any work, not after the evaluation
     if not args.no_figures:
         pyplot()  # matplotlib is optional: say so before any work, not after the evaluation
     if args.jitter < 0:
