@@ -51,4 +51,4 @@ def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -171,3 +171,22 @@ def test_too_many_temp_files_is_one_clear_line(tmp_path, monkeypatch):
     (tmp_path / ".slidesam-same.json").write_text("")
     with pytest.raises(InputError, match="too many .slidesam-"):
         atomic.atomic_write_text(tmp_path / "a.json", "{}")
+
+
+def test_embedding_store(tmp_path, umask, monkeypatch):
+    """The neighbour-head trainer's on-disk embeddings (training/embeddings.py), with a stand-in predictor."""
+    from SlideSAMLib.training.embeddings import EmbeddingStore
+
+    store = EmbeddingStore.__new__(EmbeddingStore)  # no model: the writer is what is tested
+    store.root, store.computed, store.seconds = tmp_path, 0, 0.0
+    cache = {}
+    predictor = SimpleNamespace(digest="vol", cache_key="c", cache=SimpleNamespace(get=cache.get, clear=cache.clear),
+                                encode=lambda ks: cache.update({("c", k): torch.ones(2, 2) for k in ks}))
+    monkeypatch.setattr(store, "predictor", lambda volume: predictor)
+    assert store.ensure(None, [3]) == 1
+    written = tmp_path / "vol" / "k0003.npy"
+    assert _mode(written) == umask and np.load(written).dtype == np.float16
+    monkeypatch.setattr(np, "save", _partial_then_fail)
+    with pytest.raises(RuntimeError):
+        store.ensure(None, [4])
+    assert _names(tmp_path / "vol") == ["k0003.npy"]
