@@ -56,8 +56,8 @@ def test_trainer_logits_equal_the_predictor_decode(model, examples, decode_calls
         groups = len(decode_calls)
         for i, e in enumerate(examples):
             low, score = _predictor_decode(net, e, embeddings[i])
-            # The trainer encodes all windows in one batch and decodes each prompt kind in one batch; the predictor
-            # one at a time. Measured: identical to ~1e-6 on CPU (float32 sums in another order).
+            # The trainer encodes all windows in one batch and decodes each prompt kind in one batch, the predictor
+            # one at a time: the same float32 operations, summed in another order, so allow 1e-4 (logits are O(10)).
             torch.testing.assert_close(logits[i], low[0], atol=1e-4, rtol=0)
             torch.testing.assert_close(iou[i], score[0], atol=1e-5, rtol=0)
     assert groups == len({(e.prompt.box is not None, len(e.prompt.points)) for e in examples})  # the trainer went through decode
