@@ -12,13 +12,12 @@ manifest is complete):
 Loading merges the LoRA into the weights (peft merge_and_unload): inference costs nothing extra.
 """
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
 import torch
 
+from .atomic import atomic_write, atomic_write_text
 from .errors import CheckpointError
 
 ADAPTER_MANIFEST = "slidesam_adapter.json"
@@ -28,18 +27,6 @@ FORMAT_VERSION = 1
 LORA_WEIGHTS = "adapter_model.safetensors"
 LORA_CONFIG = "adapter_config.json"
 HEADS = "heads.safetensors"
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".slidesam-", suffix=path.suffix, dir=str(path.parent))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; an adapter is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _jsonable(value):
@@ -65,11 +52,11 @@ def save_adapter(peft_model, base_net, trained_names: Iterable[str], folder, man
     params = dict(base_net.named_parameters())
     heads = {name: params[name].detach().float().cpu().contiguous() for name in sorted(trained_names)}
     config = peft_model.peft_config["default"].to_dict()
-    _atomic_write(folder / LORA_WEIGHTS, lambda p: save_file(lora, p, metadata={"format": "pt"}))
-    _atomic_write(folder / HEADS, lambda p: save_file(heads, p, metadata={"format": "pt"}))
-    _atomic_write(folder / LORA_CONFIG, lambda p: Path(p).write_text(json.dumps({k: _jsonable(v) for k, v in config.items()}, indent=2, default=str)))
+    atomic_write(folder / LORA_WEIGHTS, lambda p: save_file(lora, str(p), metadata={"format": "pt"}))
+    atomic_write(folder / HEADS, lambda p: save_file(heads, str(p), metadata={"format": "pt"}))
+    atomic_write_text(folder / LORA_CONFIG, json.dumps({k: _jsonable(v) for k, v in config.items()}, indent=2, default=str))
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
-    _atomic_write(folder / ADAPTER_MANIFEST, lambda p: Path(p).write_text(json.dumps(full, indent=2, default=str)))
+    atomic_write_text(folder / ADAPTER_MANIFEST, json.dumps(full, indent=2, default=str))
     return folder
 
 

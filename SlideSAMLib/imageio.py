@@ -1,12 +1,11 @@
 """Reading volumes (NIfTI, NRRD, any SimpleITK format, DICOM folders) and writing results on their exact grid."""
-import os
-import secrets
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_write
 from .errors import InputError
 
 
@@ -62,23 +61,6 @@ def label_image_like(mask: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return out
 
 
-def _atomic_target(path: Path) -> Path:
-    """A new empty file beside `path` with the same suffix, renamed into place on success (no partial output).
-
-    Created with mode 0666 less the umask, as any file the user writes (tempfile.mkstemp would make it 0600,
-    and the rename would keep that).
-    """
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".seg.nrrd")) else path.suffix
-    for _ in range(100):
-        tmp = path.parent / f".slidesam-{secrets.token_hex(6)}{suffix}"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            continue
-        return tmp
-    raise InputError(f"cannot create a temporary file in {path.parent}: too many .slidesam-* files there")
-
-
 def write_result(
     mask: np.ndarray,
     reference: sitk.Image,
@@ -91,20 +73,17 @@ def write_result(
     if not path.parent.exists():
         raise InputError(f"output folder does not exist: {path.parent}")
     image = label_image_like(mask, reference)
-    tmp = _atomic_target(path)
-    try:
+
+    def write(tmp: Path) -> None:
         if path.name.endswith(".seg.nrrd"):
             _write_seg_nrrd(image, tmp, segment_name, color)
-        else:
-            try:
-                sitk.WriteImage(image, str(tmp), useCompression=True)
-            except RuntimeError as exc:
-                raise InputError(f"cannot write {path.name} ({_first_line(exc)}): use .nii.gz, .nrrd or .seg.nrrd") from exc
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+            return
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as exc:
+            raise InputError(f"cannot write {path.name} ({_first_line(exc)}): use .nii.gz, .nrrd or .seg.nrrd") from exc
+
+    return atomic_write(path, write)
 
 
 def _write_seg_nrrd(image: sitk.Image, path: Path, name: str, color) -> None:

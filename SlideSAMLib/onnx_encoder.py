@@ -10,13 +10,13 @@ from __future__ import annotations  # torch is imported where used: the CLIs rea
 import hashlib
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import CheckpointError
 
 log = logging.getLogger("slidesam")
@@ -72,26 +72,22 @@ class OnnxEncoder:
         path = folder / f"encoder-{weights_digest(encoder)}-{img_size}-opset{OPSET}.onnx"
         if path.is_file():
             return path
-        tmp = None
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            log.info("SlideSAM: exporting the image encoder for ONNX Runtime once, to %s", path)
-            fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp", dir=folder)
-            os.close(fd)
-            example = torch.zeros(1, 3, img_size, img_size)
+        example = torch.zeros(1, 3, img_size, img_size)
+
+        def export(tmp: Path) -> None:
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the exporter's tracer warnings are about its internals, not the user's input
                 torch.onnx.export(
-                    encoder.cpu().eval(), (example,), tmp, input_names=["x"], output_names=["embedding"],
+                    encoder.cpu().eval(), (example,), str(tmp), input_names=["x"], output_names=["embedding"],
                     dynamic_axes={"x": {0: "batch"}, "embedding": {0: "batch"}}, opset_version=OPSET, dynamo=False,
                 )
-            os.replace(tmp, path)  # atomic: a concurrent process sees the whole file or none
+
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            log.info("SlideSAM: exporting the image encoder for ONNX Runtime once, to %s", path)
+            return atomic_write(path, export)  # a concurrent process sees the whole file or none
         except OSError as exc:
             raise CheckpointError(f"cannot write the ONNX encoder to {folder} ({exc}): set SLIDESAM_CACHE_DIR to a writable folder, or use --encoder torch") from exc
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.remove(tmp)
-        return path
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         import torch

@@ -30,15 +30,29 @@ from .wire import MaskResultMixin
 
 CENTER_WEIGHT = 2.0
 SIDE_WEIGHT = 1.0
-# In model-input pixels, as tuned (session 1 on example_ct; RESULTS.md §1: margins of 3 or 4 px dropped the spleen
-# to 0.76 / 0.85): 5 px of LiteMedSAM's 256-px input are 7.15 mm on example_ct's 366 mm wide slice. The margin
-# answers the model's under-segmentation of tight boxes, a property of its input grid. Restated in mm (7.15 and
-# 2.86 mm per axis) they changed the thin-slice restart of Testing/engine/test_propagation.py on its anisotropic
-# 0.71 x 0.59 mm pixels: 13.4 mm -> 37.0 mm past the liver's end, so they stay in model pixels.
+# Box margin and outline step: in MODEL-INPUT pixels, not mm, on purpose.
+#
+# Why: the margin answers the model's under-segmentation of tight boxes, a property of its input grid, and it was
+# tuned in those pixels (session 1 on example_ct; RESULTS.md §1: margins of 3 or 4 px dropped the spleen to Dice
+# 0.76 / 0.85). Restated as fixed mm (example_ct's 7.15 mm margin and 2.86 mm step) they moved the thin-slice restart
+# of Testing/engine/test_propagation.py (0.71 x 0.59 mm pixels) from 13.4 mm to 37.0 mm past the liver's end, so they
+# were put back in model pixels.
+#
+# In mm: one model pixel is the slice's field of view over the model input, so the mm follow the field of view, not
+# the voxel size. LiteMedSAM (256-px input, aspect kept): 1 model px = (the slice's longer side in mm) / 256; a
+# 1024-px official Slide-SAM model (plain resize): width / 1024 along x, height / 1024 along y. `slice_pixels` does the
+# conversion; the step is then rounded to whole slice pixels, at least 1 (Propagator.__init__). For axial slices:
+#   example_ct      122 x 101 px of 3.0 mm,   FOV 366 mm: 1 model px = 1.43 mm, margin 7.1 mm, step 2.9 -> 3.0 mm (1 px)
+#   ct_chest_nodule 512 x 512 px of 0.57 mm,  FOV 292 mm: 1 model px = 1.14 mm, margin 5.7 mm, step 2.3 mm (4 px)
+#   ct_liver_lits   128 x 128 px of 1.0 mm,   FOV 128 mm: 1 model px = 0.50 mm, margin 2.5 mm, step 1.0 mm (1 px)
+#   mr_breast_lesion 45 x 120 px of 0.66 mm,  FOV 80 mm:  1 model px = 0.31 mm, margin 1.6 mm, step 0.7 mm (1 px)
+# (computed from the files' headers with SliceGeometry and slice_pixels; a whole 512 x 512 abdominal CT of 0.7-0.8 mm
+# has a 360-410 mm field of view: 1.4-1.6 mm per model px, margin 7-8 mm, step 2.8-3.2 mm.)
+#
 # The next window's box is the neighbour mask's box grown by BOX_MARGIN_MODEL_PX on each side: a tight box makes
 # SAM-family models under-segment, and the chain then shrinks.
 BOX_MARGIN_MODEL_PX = 5.0
-# How far (model-input pixels) an organ's outline may move from one slice to the next.
+# How far (model-input pixels; see above for mm) an organ's outline may move from one slice to the next.
 STEP_MODEL_PX = 2.0
 
 

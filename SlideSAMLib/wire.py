@@ -5,6 +5,9 @@ numpy + the standard library only (no torch), so a thin client can import it.
 Volume upload (one binary body, no pickle anywhere):
     b"SLIDESAM-VOL1\\n" | uint32 big-endian header length | JSON header | zlib(raw C-order voxels)
     header: {"dtype": "<i2", "shape": [k, j, i], "spacing": [3], "origin": [3], "direction": [9], "modality": "auto"}
+    "spacing" (voxel size in mm along i, j, k) is required: the stop rule and the outline measure in mm, and a
+    guessed 1 mm would silently change where a run stops. "origin" and "direction" default to 0 and identity
+    (they place the result in the world but change no voxel of it).
 Masks (inside a JSON result line): the written slices stacked in increasing order,
     np.packbits over the flattened stack, zlib-compressed, base64 text.
 """
@@ -47,9 +50,12 @@ class TooLarge(WireError):
 
 
 def _geometry(spacing, origin, direction) -> Dict[str, list]:
-    spacing = [float(v) for v in (spacing if spacing is not None else (1.0, 1.0, 1.0))]
-    origin = [float(v) for v in (origin if origin is not None else (0.0, 0.0, 0.0))]
-    direction = [float(v) for v in np.asarray(direction if direction is not None else np.eye(3)).ravel()]
+    try:
+        spacing = [float(v) for v in spacing]
+        origin = [float(v) for v in (origin if origin is not None else (0.0, 0.0, 0.0))]
+        direction = [float(v) for v in np.asarray(direction if direction is not None else np.eye(3)).ravel()]
+    except (TypeError, ValueError):
+        raise WireError("geometry needs 3 spacings, 3 origin values and 9 direction values, all numbers") from None
     if len(spacing) != 3 or len(origin) != 3 or len(direction) != 9:
         raise WireError("geometry needs 3 spacings, 3 origin values and 9 direction values")
     if not all(np.isfinite(spacing + origin + direction)) or min(spacing) <= 0:
@@ -66,6 +72,8 @@ def encode_volume(volume_zyx: np.ndarray, spacing=None, origin=None, direction=N
         raise WireError(f"voxel type {array.dtype} cannot be uploaded: convert the volume to an integer or float type")
     if modality not in MODALITIES:
         raise WireError(f"modality '{modality}' is not one of {', '.join(MODALITIES)}")
+    if spacing is None:
+        raise WireError("no voxel spacing: pass spacing=(i, j, k) in mm (e.g. the image's GetSpacing()); SlideSAM measures its stop rule in mm and assumes none")
     header = {"dtype": array.dtype.str, "shape": list(array.shape), "modality": modality, **_geometry(spacing, origin, direction)}
     head = json.dumps(header).encode()
     return VOLUME_MAGIC + struct.pack(">I", len(head)) + head + zlib.compress(array.tobytes(), level)
@@ -109,6 +117,8 @@ def decode_volume(body: bytes, max_array_bytes: int) -> Tuple[np.ndarray, dict]:
     volume = np.frombuffer(raw, dtype=dtype).reshape(shape)
     if dtype.kind == "f" and not np.all(np.isfinite(volume)):
         raise WireError("the volume holds NaN or infinite voxels: replace them before uploading")
+    if header.get("spacing") is None:
+        raise WireError('the volume header has no "spacing" (voxel size in mm along i, j, k): send the image\'s voxel spacing (SlideSAMLib.client upload(volume, spacing, ...) or wire.encode_volume(volume, spacing))')
     geometry = _geometry(header.get("spacing"), header.get("origin"), header.get("direction"))
     return volume.astype(dtype.newbyteorder("="), copy=False), {"modality": modality, **geometry}
 

@@ -71,9 +71,11 @@ class RunReport:
             span = "no slice written"
         else:
             span = f"{len(self.slices)} slices ({AXIS_NAMES[self.axis]} {self.slices[0]}..{self.slices[-1]})"
-        stops = ", ".join(f"{side}: {why}" for side, why in sorted(self.stopped.items())) or "-"
-        from SlideSAMLib.wire import PROMPT_KINDS  # numpy only; SlideSAMLib is on the path once SlideSAM.py is loaded
+        # SlideSAMLib is on the path once SlideSAM.py is loaded; stop_reasons is the standard library only, wire numpy only
+        from SlideSAMLib.stop_reasons import describe_stops
+        from SlideSAMLib.wire import PROMPT_KINDS
 
+        stops = f"stopped {describe_stops(self.stopped)}" if self.stopped else "nothing was propagated"
         state = "cancelled, partial result kept; " if self.cancelled else ""
         how = f"; {PROMPT_KINDS[self.prompt]}" if self.prompt in ("click-search", "box+click-edits") else ""
-        return f"{state}{span}; stopped {stops}; {self.encoderPasses} encoder passes, {self.seconds:.1f} s{how}"
+        return f"{state}{span}; {stops}; {self.encoderPasses} encoder passes, {self.seconds:.1f} s{how}"

@@ -33,11 +33,14 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..checkpoint import load_model
     from ..training.dataset import read_label_names
-    from .evaluate import check_structure_names, evaluate, load_case
+    from ..structures import check_structure_names, parse_structures
+    from .evaluate import evaluate, load_case
+    from .metrics import monai_metrics
     from .report import figure, pyplot, safe_name, write_json, write_markdown
 
     if not args.case:
         raise InputError("no evaluation data: give --case IMAGE LABEL [NAMES.json] (repeatable)")
+    monai_metrics()  # the `eval` extra: say so before any work, not after the evaluation
     if not args.no_figures:
         pyplot()  # matplotlib is optional: say so before any work, not after the evaluation
     if args.jitter < 0:
@@ -45,12 +48,12 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file: give a folder")
-    wanted = [s for s in args.structures.split(",") if s.strip()] if args.structures else None
+    wanted = parse_structures(args.structures)
     for item in args.case:
         if len(item) not in (2, 3):
             raise InputError(f"--case takes IMAGE LABEL [NAMES.json], got {len(item)} values")
     if wanted:
-        check_structure_names(wanted, [read_label_names(item[2]) for item in args.case if len(item) == 3])
+        check_structure_names(wanted, [read_label_names(item[2]) for item in args.case if len(item) == 3], map_hint="give NAMES.json as --case's third value")
     cases = []
     for item in args.case:
         cases.append(load_case(item[0], item[1], item[2] if len(item) == 3 else None, wanted))

@@ -21,7 +21,6 @@ replaces that side), or, where the worst slice should be empty, that slice and e
 it are erased (one prompt).  Compared with a box on every slice (each slice predicted alone).
 Every structure gets its own Session, so encoder passes are those of a cold start.
 """
-import difflib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,9 @@ import numpy as np
 
 from ..checkpoint import SlideSAMModel
 from ..errors import InputError
+from ..structures import resolve_structures
 from ..training.dataset import read_label_names, same_grid
-from ..training.prompts import deepest_point, tight_box
+from ..training.prompts import deepest_point, jitter_box, tight_box
 from . import anchors, metrics, protocol
 
 TARGET_DICE = 0.90
@@ -64,16 +64,8 @@ def load_case(image_path, label_path, names_path=None, structures: Optional[Sequ
     present = [int(v) for v in np.unique(labels) if v > 0]
     if not present:
         raise InputError(f"label {label_path} has no labelled voxel: give a label map with the structures to evaluate")
-    if structures:
-        # Names unknown to this case's map are skipped here; the CLI checks them against all cases.
-        by_name = {n: v for v, n in names.items()}
-        chosen = {}
-        for s in (x.strip() for x in structures):
-            value = int(s) if s.isdigit() else by_name.get(s)
-            if value is not None and value in present:
-                chosen[value] = names.get(value, f"label {value}")
-    else:
-        chosen = {v: names.get(v, f"label {v}") for v in present}
+    # Names unknown to this case's map are skipped here; the CLI checks them against all cases.
+    chosen = {v: names.get(v, f"label {v}") for v in resolve_structures(structures, names, present)}
     if not chosen:
         raise InputError(f"none of the asked structures is in {label_path}: check --structures or leave that case out")
     path = Path(str(image_path))
@@ -84,30 +76,14 @@ def load_case(image_path, label_path, names_path=None, structures: Optional[Sequ
     )
 
 
-def check_structure_names(wanted: Sequence[str], name_maps: Sequence[Dict[int, str]]) -> None:
-    known = sorted({n for m in name_maps for n in m.values()})
-    for s in (x.strip() for x in wanted):
-        if not s.isdigit() and s not in known:
-            close = difflib.get_close_matches(s, known, n=3, cutoff=0.6)
-            hint = (f" (did you mean {', '.join(close)}?)" if close else f" (known: {', '.join(known[:8])}{', ...' if len(known) > 8 else ''})") if known else " (no label-name map given: use label numbers)"
-            raise InputError(f"unknown structure '{s}'{hint}: check --structures")
-
-
 def _box3(box2d, k):
     x0, y0, x1, y1 = box2d
     return ((x0, y0, k), (x1, y1, k))
 
 
 def jittered(box2d, rng: np.random.Generator, shape) -> tuple:
-    x0, y0, x1, y1 = box2d
-    side = 0.5 * ((x1 - x0 + 1) + (y1 - y0 + 1))
-    shift = np.clip(rng.normal(0.0, JITTER_FRACTION * side, 4), -2 * JITTER_FRACTION * side, 2 * JITTER_FRACTION * side)
-    b = np.array(box2d, dtype=float) + shift
-    rows, cols = shape
-    b[[0, 2]] = np.clip(b[[0, 2]], 0, cols - 1)
-    b[[1, 3]] = np.clip(b[[1, 3]], 0, rows - 1)
-    b[2], b[3] = max(b[2], min(cols - 1, b[0] + 1)), max(b[3], min(rows - 1, b[1] + 1))
-    return tuple(float(v) for v in b)
+    """A "jitter-N" box: each side shifted (std 5 % of the box side, capped at 10 %), not grown."""
+    return jitter_box(box2d, shape, rng, fraction=JITTER_FRACTION, cap=2 * JITTER_FRACTION, margin=0.0)
 
 
 def scores(pred: np.ndarray, truth: np.ndarray, spacing) -> dict:

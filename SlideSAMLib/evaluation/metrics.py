@@ -2,11 +2,23 @@
 
 Dice is the one Dice of the package (two empty masks agree: 1.0). Surface Dice and HD95 are MONAI's
 (`compute_surface_dice` with DeepMind's surface elements weighted by their physical area, `use_subvoxels=True`;
-`compute_hausdorff_distance`), on physical distances from the voxel spacing.
+`compute_hausdorff_distance`), on physical distances from the voxel spacing. monai is the `eval` extra: the
+engine imports this module for `dice` only, and never imports monai.
 """
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+
+from ..errors import InputError
+
+
+def monai_metrics():
+    """monai.metrics, or one line saying how to install it."""
+    try:
+        from monai import metrics
+    except ImportError as exc:
+        raise InputError("surface Dice and HD95 (slidesam eval) need monai: pip install 'slidesam[eval]' (or 'monai>=1.6')") from exc
+    return metrics
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -30,10 +42,8 @@ def surface_dice(a: np.ndarray, b: np.ndarray, spacing_xyz, tolerance_mm: float 
         return 1.0
     if not a.any() or not b.any():
         return 0.0
-    from monai.metrics import compute_surface_dice
-
     ta, tb, spacing = _monai_inputs(a, b, spacing_xyz)
-    value = compute_surface_dice(ta, tb, [float(tolerance_mm)], include_background=True, spacing=spacing, use_subvoxels=True)
+    value = monai_metrics().compute_surface_dice(ta, tb, [float(tolerance_mm)], include_background=True, spacing=spacing, use_subvoxels=True)
     return float(value.item())
 
 
@@ -44,10 +54,8 @@ def hd95(a: np.ndarray, b: np.ndarray, spacing_xyz) -> Optional[float]:
         return 0.0
     if not a.any() or not b.any():
         return None
-    from monai.metrics import compute_hausdorff_distance
-
     ta, tb, spacing = _monai_inputs(a, b, spacing_xyz)
-    return float(compute_hausdorff_distance(ta, tb, include_background=True, percentile=95, spacing=spacing).item())
+    return float(monai_metrics().compute_hausdorff_distance(ta, tb, include_background=True, percentile=95, spacing=spacing).item())
 
 
 def slice_dice(pred: np.ndarray, truth: np.ndarray) -> dict:

@@ -1,27 +1,18 @@
 """Eval outputs: JSON (everything), a Markdown table, and one PNG figure per structure."""
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write, atomic_write_text
 from ..errors import InputError
 
 RUN_COLUMNS = ("dice", "surface_dice_2mm", "hd95_mm", "extent_pred", "extent_true", "encoder_passes", "seconds")
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".slidesam-", dir=str(path.parent))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def write_json(report: dict, path: Path) -> Path:
-    _atomic_text(Path(path), json.dumps(report, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    atomic_write_text(path, json.dumps(report, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
     return Path(path)
 
 
@@ -108,7 +99,7 @@ def interactive_lines(report: dict) -> list:
 
 
 def write_markdown(report: dict, path: Path) -> Path:
-    _atomic_text(Path(path), markdown(report))
+    atomic_write_text(path, markdown(report))
     return Path(path)
 
 
@@ -167,14 +158,7 @@ def figure(case, result: dict, fig_data: dict, path: Path) -> Path:
     curve.set_title(f"{result['case']} — {result['structure']}: 3D Dice {run['dice']:.3f}, surface Dice {run['surface_dice_2mm']:.3f}  (green truth, red prediction)", fontsize=9)
     curve.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".slidesam-", suffix=".png", dir=str(Path(path).parent))
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=80)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return Path(path)

@@ -57,6 +57,7 @@ def _pairs(items, option):
 
 def load_volumes(args, options=(("--pair", False), ("--pair2d", True))):
     """Every pair read and checked, and the structures resolved, before the model is even loaded."""
+    from ..structures import parse_structures
     from .dataset import load_pair, select_structures
 
     if not any(getattr(args, o[2:].replace("-", "_")) for o, _ in options):
@@ -66,7 +67,7 @@ def load_volumes(args, options=(("--pair", False), ("--pair2d", True))):
         for image, label, names in _pairs(getattr(args, option[2:].replace("-", "_")), option):
             volumes.append(load_pair(image, label, names, sparse=sparse))
             data.append({"image": str(image), "label": str(label), "names": names, "kind": "2d" if sparse else "3d"})
-    wanted = [s for s in args.structures.split(",") if s.strip()] if args.structures else None
+    wanted = parse_structures(args.structures)
     select_structures(volumes, wanted)
     return volumes, data
 

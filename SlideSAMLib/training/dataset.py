@@ -8,7 +8,6 @@ A *dense* (3D) label supervises all three slices of a window; a *sparse* (2D) la
 is one whose labelled slices are single-slice annotations (each supervises only its own
 slice, indicator one-hot on the centre).
 """
-import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..preprocess import SliceGeometry, detect_modality, normalise_volume, window_to_input
+from ..structures import check_structure_names, resolve_structures
 from .prompts import Prompt, simulate
 
 MIN_AREA = 10  # a slice shows a structure when it has at least this many labelled pixels
@@ -109,24 +109,9 @@ def select_structures(volumes: Sequence[LabelledVolume], wanted: Optional[Sequen
     if not volumes:
         raise InputError("no training data: give at least one --pair IMAGE LABEL")
     if wanted:
-        known = sorted({n for v in volumes for n in v.names.values()})
-        for item in wanted:
-            item = item.strip()
-            if not item.isdigit() and item not in known:
-                close = difflib.get_close_matches(item, known, n=3, cutoff=0.6) or [n for n in known if item.lower() in n.lower()][:3]
-                hint = f" (did you mean {', '.join(close)}?)" if close else (f" (known: {', '.join(known[:8])}{', ...' if len(known) > 8 else ''})" if known else " (no label-name map given: use label numbers or add NAMES.json to --pair)")
-                raise InputError(f"unknown structure name '{item}'{hint}: check --structures")
+        check_structure_names(wanted, [v.names for v in volumes], map_hint="add NAMES.json to --pair")
     for v in volumes:
-        present = [int(x) for x in np.unique(v.labels) if x > 0]
-        if wanted:
-            by_name = {n: k for k, n in v.names.items()}
-            chosen = []
-            for item in (w.strip() for w in wanted):
-                value = int(item) if item.isdigit() else by_name.get(item)
-                if value is not None and value in present:
-                    chosen.append(value)
-        else:
-            chosen = present
+        chosen = resolve_structures(wanted, v.names, [int(x) for x in np.unique(v.labels) if x > 0])
         v.structures = [s for s in chosen if _slices_with(v.labels, s, min_area)]
     if not any(v.structures for v in volumes):
         what = ", ".join(wanted) if wanted else "any structure"

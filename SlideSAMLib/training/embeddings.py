@@ -7,9 +7,7 @@ Layout: <cache>/train-embeddings/<encoder weights digest>-<img size>-<backend>/<
 Every file is written atomically, so an interrupted pass resumes where it stopped.
 """
 import hashlib
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -17,6 +15,7 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..onnx_encoder import cache_dir, weights_digest
 from ..predictor import WindowPredictor
 from ..preprocess import detect_modality
@@ -69,14 +68,7 @@ class EmbeddingStore:
             p.encode([k])
             emb = p.cache.get((p.cache_key, k)).float().cpu().numpy().astype(np.float16)
             p.cache.clear()  # the store is the cache: keep no copy in memory
-            fd, tmp = tempfile.mkstemp(prefix=f".k{k:04d}-", suffix=".npy", dir=folder)
-            os.close(fd)
-            try:
-                np.save(tmp, emb)
-                os.replace(tmp, self.path(volume, k))
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            atomic_write(self.path(volume, k), lambda tmp: np.save(tmp, emb))
             self.computed += 1
             self.seconds += time.perf_counter() - t0
             if log is not None:

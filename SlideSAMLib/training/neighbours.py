@@ -143,9 +143,7 @@ class NeighbourTrainer:
         """Low-res logits [B, 3, 256, 256] (k-1, k, k+1) of the candidate the engine would choose."""
         net = self.net
         dev = self.model.device
-        sparse, dense = net.prompt_encoder(points=None, boxes=boxes.to(dev), masks=None)
-        low, iou = net.mask_decoder(image_embeddings=emb.to(dev), image_pe=net.prompt_encoder.get_dense_pe(),
-                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=net.spec.multimask)
+        low, iou = net.decode(emb.to(dev), boxes=boxes.to(dev))
         tokens = low.shape[1] // 3
         best = iou.argmax(dim=1) if tokens > 1 else torch.zeros(low.shape[0], dtype=torch.long, device=low.device)
         return low.reshape(low.shape[0], tokens, 3, *low.shape[-2:])[torch.arange(low.shape[0]), best]
@@ -186,9 +184,7 @@ class NeighbourTrainer:
         hooks = [dec.output_upscaling.register_forward_hook(lambda m, i, o: keep("src", i[0]))]
         hooks += [mlp.register_forward_hook(lambda m, i, o, t=t: keep(t, o)) for t, mlp in enumerate(dec.output_hypernetworks_mlps)]
         try:
-            sparse, dense = self.net.prompt_encoder(points=None, boxes=boxes, masks=None)
-            _, iou = dec(image_embeddings=emb, image_pe=self.net.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
-                         dense_prompt_embeddings=dense, multimask_output=self.net.spec.multimask)
+            _, iou = self.net.decode(emb, boxes=boxes)
         finally:
             for h in hooks:
                 h.remove()
@@ -287,7 +283,8 @@ def save_neighbour_adapter(trainer: NeighbourTrainer, figures: Dict[str, object]
     from safetensors.torch import save_file
 
     from .. import __version__
-    from ..adapter import FORMAT, FORMAT_VERSION, HEADS, LORA_WEIGHTS, _atomic_write
+    from ..adapter import FORMAT, FORMAT_VERSION, HEADS, LORA_WEIGHTS
+    from ..atomic import atomic_write as _atomic_write
     from ..checkpoint import ADAPTER_MANIFEST
 
     cfg, folder = trainer.cfg, Path(trainer.cfg.out)

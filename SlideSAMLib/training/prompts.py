@@ -33,13 +33,21 @@ def tight_box(mask: np.ndarray) -> Tuple[float, float, float, float]:
     return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
 
 
-def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter=BOX_JITTER_FRACTION, cap=BOX_JITTER_CAP, margin=BOX_MAX_MARGIN):
-    x0, y0, x1, y1 = tight_box(mask)
+def jitter_box(box, shape, rng: np.random.Generator, fraction=BOX_JITTER_FRACTION, cap=BOX_JITTER_CAP, margin=BOX_MAX_MARGIN):
+    """The one box jitter (training prompts and eval's "jitter-N" runs): (x0, y0, x1, y1) in pixels of an image of
+    `shape` (rows, cols).
+
+    Each side moves by a seeded Gaussian shift (std `fraction` of the mean box side, clipped at `cap` of it), then
+    grows outwards by a uniform random margin in [0, `margin`) pixels (margin 0: no growth, and no draw from `rng`,
+    so a caller without growth gets the same boxes from the same seed). The box is clipped to the image and keeps
+    at least 1 pixel of width and height.
+    """
+    x0, y0, x1, y1 = box
     side = 0.5 * ((x1 - x0 + 1) + (y1 - y0 + 1))
-    shift = np.clip(rng.normal(0.0, jitter * side, 4), -cap * side, cap * side)
-    grow = rng.uniform(0.0, margin, 4) * np.array([-1, -1, 1, 1])
-    b = np.array([x0, y0, x1, y1]) + shift + grow
-    rows, cols = mask.shape
+    b = np.array(box, dtype=float) + np.clip(rng.normal(0.0, fraction * side, 4), -cap * side, cap * side)
+    if margin:
+        b += rng.uniform(0.0, margin, 4) * np.array([-1, -1, 1, 1])
+    rows, cols = shape
     b[[0, 2]] = np.clip(b[[0, 2]], 0, cols - 1)
     b[[1, 3]] = np.clip(b[[1, 3]], 0, rows - 1)
     if b[2] - b[0] < 1:
@@ -47,6 +55,11 @@ def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter=BOX_JITTER_F
     if b[3] - b[1] < 1:
         b[3] = min(rows - 1, b[1] + 1)
     return tuple(float(v) for v in b)
+
+
+def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter=BOX_JITTER_FRACTION, cap=BOX_JITTER_CAP, margin=BOX_MAX_MARGIN):
+    """A training box prompt: the mask's tight box, jittered and grown (`jitter_box`)."""
+    return jitter_box(tight_box(mask), mask.shape, rng, jitter, cap, margin)
 
 
 def deepest_point(mask: np.ndarray) -> Tuple[int, int]:

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..checkpoint import SlideSAMModel, load_model
 from ..errors import InputError
 from .dataset import Example, LabelledVolume, WindowSampler
@@ -174,14 +175,7 @@ class Trainer:
                 coords = torch.tensor([[p[:2] for p in examples[i].prompt.points] for i in idx], dtype=torch.float32, device=dev)
                 labels = torch.tensor([[p[2] for p in examples[i].prompt.points] for i in idx], dtype=torch.int64, device=dev)
                 points = (coords, labels)
-            sparse, dense = net.prompt_encoder(points=points, boxes=boxes, masks=None)
-            low, iou = net.mask_decoder(
-                image_embeddings=emb[idx],
-                image_pe=net.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=self.spec.multimask,
-            )
+            low, iou = net.decode(emb[idx], boxes=boxes, points=points, multimask=self.spec.multimask)
             for j, i in enumerate(idx):
                 logits[i], ious[i] = low[j], iou[j]
         return torch.stack(logits), torch.stack(ious)
@@ -219,9 +213,7 @@ class Trainer:
             return
         trainable = {n: p.detach().cpu() for n, p in self.net.named_parameters() if p.requires_grad}
         state = {"step": self.step, "trainable": trainable, "optimizer": self.optimizer.state_dict(), "config": asdict(self.cfg)}
-        tmp = self.out / (STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.out / STATE_FILE)
+        atomic_write(self.out / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
     def load_state(self) -> None:
         path = self.out / STATE_FILE

@@ -4,7 +4,8 @@
 application sets `slicer.mrmlScene`, `slicer.app`, `slicer.modules` and ships the scripted-module
 base classes; slicer-core (which trame-slicer runs on) has MRML and `slicer.util` but none of
 those.  `install(slicer_app)` supplies them from trame-slicer's `SlicerApp`, the way the project's
-slicer-core test harness does (REFERENCE §5), so the same `SlideSAMLogic` drives the web page.
+slicer-core test harness does (Testing/slicer/conftest.py: an application logic owning the scene, the
+module logics registered with it), so the same `SlideSAMLogic` drives the web page.
 
 It also holds the one workaround for trame-slicer 2.0.0 (the latest release on PyPI on 2026-12-01,
 checked with `pip index versions trame-slicer`): see `fix_paint_pipeline_view`.

@@ -59,13 +59,13 @@ def test_major_version_mismatch_is_refused_with_a_reason(main_server, monkeypatc
 def test_oversize_upload_gets_413(main_server):
     noise = np.random.default_rng(0).integers(-1000, 1000, size=(20, 128, 128), dtype=np.int16)  # 0.66 MB raw, incompressible-ish
     big = np.concatenate([noise, noise[::-1]])  # 1.3 MB > the 1 MiB limit
-    status, body = raw(main_server, "POST", "/sessions", body=wire.encode_volume(big), headers={"Content-Type": "application/octet-stream"})
+    status, body = raw(main_server, "POST", "/sessions", body=wire.encode_volume(big, (1.0, 1.0, 1.0)), headers={"Content-Type": "application/octet-stream"})
     assert status == 413 and "--max-upload-mb" in body["detail"]
     with pytest.raises(InputError, match="limit"):
-        main_server.client().upload(big)
+        main_server.client().upload(big, (1.0, 1.0, 1.0))
     # Small body, big array (highly compressible): refused on the uncompressed size.
     zeros = np.zeros((64, 128, 128), np.int16)
-    status, body = raw(main_server, "POST", "/sessions", body=wire.encode_volume(zeros))
+    status, body = raw(main_server, "POST", "/sessions", body=wire.encode_volume(zeros, (1.0, 1.0, 1.0)))
     assert status == 413 and "uncompressed" in body["detail"]
 
 
@@ -75,7 +75,7 @@ def test_malformed_requests_get_4xx_with_a_reason(main_server, mr):
     session = client.upload(volume[:4], image.GetSpacing(), image.GetOrigin(), image.GetDirection())
     cases = [
         ("POST", "/sessions", b"\x00garbage\xff" * 100, 400, "magic"),
-        ("POST", "/sessions", wire.encode_volume(volume[:4])[:-50], 400, "truncated"),
+        ("POST", "/sessions", wire.encode_volume(volume[:4], image.GetSpacing())[:-50], 400, "truncated"),
         ("POST", "/sessions", b"", 400, "magic"),
         ("POST", f"/sessions/{session}/segment", b"{not json", 422, "malformed request"),
         ("POST", f"/sessions/{session}/segment", b'{"box": "abc"}', 422, "box"),

@@ -32,11 +32,11 @@ def short_ttl_server(tmp_path_factory):
 
 
 def test_embedding_budget_is_global_and_evicts_the_oldest_session_first(small_cache_server, mr):
-    _, volume, labels = mr
+    image, volume, labels = mr
     crop = volume[3:5]  # two slices: two windows per session
     box = box_around(labels[3] == 2, 0)
     client = small_cache_server.client()
-    a, b = (client.upload(crop, modality="mr") for _ in range(2))
+    a, b = (client.upload(crop, image.GetSpacing(), modality="mr") for _ in range(2))
     first_a = client.segment(a, box=box, direction="up")
     assert first_a.encoder_passes >= 1 and client.session_info(a)["cached_bytes"] == 2 * WINDOW_BYTES
     assert client.segment(b, box=box, direction="up").encoder_passes == first_a.encoder_passes
@@ -54,9 +54,9 @@ def test_embedding_budget_is_global_and_evicts_the_oldest_session_first(small_ca
 
 
 def test_expired_session_is_reported_not_crashed_on(short_ttl_server, mr):
-    _, volume, _ = mr
+    image, volume, _ = mr
     client = short_ttl_server.client()
-    session_id = client.upload(volume[:3])
+    session_id = client.upload(volume[:3], image.GetSpacing())
     assert client.session_info(session_id)["expires_in_s"] <= 2
     for _ in range(100):  # bounded: the reaper runs every 0.5 s
         if client.status()["sessions"] == 0:
@@ -72,7 +72,7 @@ def test_expired_session_is_reported_not_crashed_on(short_ttl_server, mr):
 def test_server_killed_mid_request_gives_one_clear_error(short_ttl_server, mr):
     image, volume, labels = mr
     client = short_ttl_server.client()
-    session_id = client.upload(volume, modality="mr")
+    session_id = client.upload(volume, image.GetSpacing(), modality="mr")
     started, outcome = threading.Event(), {}
 
     def annotate():

@@ -165,9 +165,9 @@ def test_a_client_that_hangs_up_stops_its_job(main_server, mr):
 
     from SlideSAMLib import wire
 
-    _, volume, labels = mr
+    image, volume, labels = mr
     client = main_server.client()
-    session_id = client.upload(volume, modality="mr")
+    session_id = client.upload(volume, image.GetSpacing(), modality="mr")
     connection = http.client.HTTPConnection("127.0.0.1", main_server.port, timeout=300)
     body = json.dumps({"box": box_around(labels[5] == MR_KIDNEY_RIGHT, 5)})
     connection.request("POST", f"/sessions/{session_id}/segment", body, {"Content-Type": "application/json", wire.API_KEY_HEADER: main_server.api_key})

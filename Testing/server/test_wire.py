@@ -27,7 +27,7 @@ def test_volume_round_trip_keeps_voxels_and_geometry(mr):
 
 def test_big_endian_floats_arrive_native():
     volume = np.arange(24, dtype=">f4").reshape(2, 3, 4)
-    back, _ = wire.decode_volume(wire.encode_volume(volume), 1 << 20)
+    back, _ = wire.decode_volume(wire.encode_volume(volume, (1.0, 1.0, 1.0)), 1 << 20)
     assert back.dtype == np.float32 and back.dtype.isnative and np.array_equal(back, volume)
 
 
@@ -58,16 +58,16 @@ def test_malformed_bodies_are_named(body, message):
 def test_oversize_and_bad_headers():
     volume = np.zeros((4, 64, 64), np.int16)
     with pytest.raises(wire.TooLarge, match="limit"):
-        wire.decode_volume(wire.encode_volume(volume), volume.nbytes - 1)
-    good = wire.encode_volume(volume)
+        wire.decode_volume(wire.encode_volume(volume, (1.0, 1.0, 1.0)), volume.nbytes - 1)
+    good = wire.encode_volume(volume, (1.0, 1.0, 1.0))
     with pytest.raises(wire.WireError, match="truncated or corrupt"):
         wire.decode_volume(good[:-10], 1 << 20)
     with pytest.raises(wire.WireError, match="voxel type"):
-        wire.encode_volume(np.zeros((2, 2, 2), complex))
+        wire.encode_volume(np.zeros((2, 2, 2), complex), (1.0, 1.0, 1.0))
     with pytest.raises(wire.WireError, match="geometry"):
         wire.encode_volume(volume, spacing=(1, 0, 1))
     with pytest.raises(wire.WireError, match="NaN"):
-        wire.decode_volume(wire.encode_volume(np.full((2, 2, 2), np.nan, np.float32)), 1 << 20)
+        wire.decode_volume(wire.encode_volume(np.full((2, 2, 2), np.nan, np.float32), (1.0, 1.0, 1.0)), 1 << 20)
 
 
 def test_masks_round_trip():

@@ -1,9 +1,12 @@
 """Real MRML without the Slicer application: slicer-core's scene and module logics, plus small stand-ins.
 
-The harness follows REFERENCE §5: a vtkSlicerApplicationLogic owning the scene, the colors /
-subject hierarchy / volumes / segmentations logics registered with it, and `slicer.mrmlScene`,
-`slicer.modules.<name>.logic()`, `slicer.app` provided as slicer.util expects.  The application
-logic is kept in a module global for the whole session (a dropped one segfaults).
+slicer-core (PyPI) is Slicer's real MRML and slicer.util, but without the application: no `slicer.app`,
+`slicer.mrmlScene`, `slicer.modules`, qt, ctk or ScriptedLoadableModule.  So the harness makes what the
+application would: a vtkSlicerApplicationLogic owning the scene, the colors (with their default color nodes) /
+subject hierarchy / volumes / segmentations / markups logics each given the scene and the application logic and
+registered with it (SetModuleLogic), and `slicer.mrmlScene`, `slicer.modules.<name>.logic()`, `slicer.app`
+provided as slicer.util expects.  The application logic is kept in a module global for the whole session: a
+dropped one leaves the logics with dangling pointers and segfaults.
 """
 import sys
 import types

@@ -283,6 +283,7 @@ def test_propagate_button_writes_the_kidney_into_a_new_segment(gui):
     segmentId = ui.segmentSelector.currentSegmentID()
     assert segmentId and gui.widget.logic.getParameterNode().GetParameter("SegmentID") == segmentId
     assert ui.progressBar.value == 100 and "slices (K" in ui.statusLabel.text
+    assert "stopped up (higher slice indices): " in ui.statusLabel.text and "; down (lower slice indices): " in ui.statusLabel.text  # in words
     mask = read_segment(segmentation, segmentId, ct.node)
     written = np.nonzero(mask.any(axis=(1, 2)))[0]
     assert ct.k in written and written.min() >= ct.k - RANGE and written.max() <= ct.k + RANGE

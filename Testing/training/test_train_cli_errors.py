@@ -41,7 +41,7 @@ def test_empty_label(capsys, tmp_path, mr):
 
 def test_unknown_structure_name(capsys, tmp_path, mr):
     out = tmp_path / "adapter"
-    _fails(capsys, ["train", "--pair", *map(str, mr), "--structures", "liver,livr", "-o", str(out)], "unknown structure name 'livr'", "liver")
+    _fails(capsys, ["train", "--pair", *map(str, mr), "--structures", "liver,livr", "-o", str(out)], "unknown structure 'livr'", "liver")
     assert not out.exists()
 
 
