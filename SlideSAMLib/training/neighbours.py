@@ -24,13 +24,12 @@ import torch
 from ..errors import InputError
 from .dataset import MIN_AREA, _slices_with, labels_to_model
 from .embeddings import EmbeddingStore
-from .losses import FOCAL_WEIGHT, mask_loss
+from .losses import FOCAL_ALPHA, dice_per_slice, focal_per_slice
 from .prompts import jittered_box
 from .trainer import lr_at  # warm-up then cosine, read from cfg.lr / warmup / steps
 
 NEIGHBOUR_BRANCHES = ("mask_decoder.output_upscaling.", "mask_decoder.output_upscaling3.")  # slices k-1, k+1
 CENTRE_BRANCH = "mask_decoder.output_upscaling2."
-INDICATOR = (1.0, 0.0, 1.0)
 BOX_GROWTH_MODEL_PX = 6.0
 LOSS_FILE = "loss.csv"
 CROP_MARGIN = 8  # cells of the 64x64 embedding grid (32 model pixels at 256) around the prompt box: a neighbour
@@ -56,12 +55,22 @@ class NeighbourConfig:
     seed: int = 0
     max_minutes: Optional[float] = None
     val_windows: int = 32
+    focal_weight: float = 1.0  # see NEIGHBOUR_FOCAL_WEIGHT
+    focal_alpha: float = 0.5
+    val_every: int = 0  # steps between held-out validations (0: before and after only)
     pool: int = 320  # training examples whose frozen decoder features are computed once (see NeighbourTrainer.build_pool)
     max_windows: Optional[int] = None  # per volume (see NeighbourSampler)
     progress: bool = True
     command: str = ""
     data: List[dict] = field(default_factory=list)
     val_data: List[dict] = field(default_factory=list)
+
+
+def neighbour_terms(logits: torch.Tensor, target: torch.Tensor, alpha: float) -> Dict[str, torch.Tensor]:
+    """Per-example focal and soft-Dice terms [B] of the two outer slices: logits / target [B, 2, H, W] (k-1, k+1),
+    Dice per slice on sigmoid probabilities, each term the mean of the two slices."""
+    target = target.float()
+    return {"focal": focal_per_slice(logits.float(), target, alpha=alpha).mean(dim=1), "dice": dice_per_slice(logits.float(), target).mean(dim=1)}
 
 
 class NeighbourSampler:
@@ -133,7 +142,6 @@ class NeighbourTrainer:
         self.net.eval()  # nothing trained here has dropout or batch statistics
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
-        self.indicator = torch.tensor(INDICATOR)
 
     def batch(self, rng: np.random.Generator, n: int, sampler: Optional[NeighbourSampler] = None):
         ex = [(sampler or self.sampler).example(rng) for _ in range(n)]
@@ -152,15 +160,14 @@ class NeighbourTrainer:
 
     def losses(self, emb, target, boxes) -> Dict[str, torch.Tensor]:
         logits = self.forward(emb, boxes)
-        ind = self.indicator.to(logits.device).expand(len(logits), 3)
-        terms = mask_loss(logits, target.to(logits.device), ind)
+        terms = neighbour_terms(logits[:, [0, 2]], target.to(logits.device)[:, [0, 2]], self.cfg.focal_alpha)
         with torch.no_grad():
             pred = logits > 0
             t = target.to(logits.device) > 0.5
             inter = (pred & t).sum(dim=(-2, -1)).float()
             sums = (pred.sum(dim=(-2, -1)) + t.sum(dim=(-2, -1))).float()
             dice = torch.where(sums > 0, 2 * inter / sums.clamp(min=1), torch.ones_like(sums))  # [B, 3]
-        return {"loss": (FOCAL_WEIGHT * terms["focal"] + terms["dice"]).mean(), "focal": terms["focal"].mean().detach(),
+        return {"loss": (self.cfg.focal_weight * terms["focal"] + terms["dice"]).mean(), "focal": terms["focal"].mean().detach(),
                 "dice_loss": terms["dice"].mean().detach(), "neighbour_dice": dice[:, [0, 2]].mean().detach(), "centre_dice": dice[:, 1].mean().detach()}
 
     @torch.no_grad()
@@ -227,11 +234,11 @@ class NeighbourTrainer:
         focal, dice = [], []
         for i in picks:  # crops differ in size: one example at a time
             src, hyper, target = self.pool[int(i)]
-            terms = mask_loss(self.outer_logits(src[None].float(), hyper[None]), target[None].float(), torch.ones(1, 2))
+            terms = neighbour_terms(self.outer_logits(src[None].float(), hyper[None]), target[None], self.cfg.focal_alpha)
             focal.append(terms["focal"])
             dice.append(terms["dice"])
         focal, dice = torch.cat(focal), torch.cat(dice)
-        loss = (FOCAL_WEIGHT * focal + dice).mean()
+        loss = (self.cfg.focal_weight * focal + dice).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -265,6 +272,9 @@ class NeighbourTrainer:
                 f.flush()
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(recent):.4f}")
+                if self.val_sampler and self.cfg.val_every and self.step % self.cfg.val_every == 0 and self.step < self.cfg.steps:
+                    figures.setdefault("val_curve", {})[self.step] = v = self.validate(self.val_sampler)
+                    log(f"step {self.step}: held out {v}")
                 if self.cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * self.cfg.max_minutes:
                     log(f"time limit of {self.cfg.max_minutes} min reached at step {self.step}")
                     break
