@@ -9,8 +9,11 @@ prompted slice therefore keeps the untuned model's box skill exactly.
 
 Prompts: boxes only (the default is box-prompted), the centre slice's tight box jittered and
 grown by 0-6 model pixels (the propagation prompts with the neighbour mask's box grown by 5).
-Loss: the Slide-SAM mask loss (20 x focal + Dice) on the two outer slices (indicator [1, 0, 1]);
-an empty neighbour target (past a structure's end) asks for an empty mask.
+Loss: per example, soft Dice (sigmoid probabilities) + focal_weight x focal on the two outer slices; an empty
+neighbour target (past a structure's end) asks for an empty mask.  The default is Dice-dominant (focal weight 1,
+alpha 0.5): Slide-SAM's 20 x focal with alpha 0.2 (foreground pixels weighted 0.2, background 0.8) taught the
+outer branches to shrink — session 5's adapter made the MR spine's neighbour masks 0.42x their true area (median)
+and its propagation there fell 0.395 -> 0.137 (benchmarks/TRAINING.md, session 6).
 """
 import csv
 import time
@@ -55,8 +58,8 @@ class NeighbourConfig:
     seed: int = 0
     max_minutes: Optional[float] = None
     val_windows: int = 32
-    focal_weight: float = 1.0  # see NEIGHBOUR_FOCAL_WEIGHT
-    focal_alpha: float = 0.5
+    focal_weight: float = 1.0  # beside the Dice term (see the module docstring)
+    focal_alpha: float = 0.5  # weight of foreground pixels in the focal term (background: 1 - alpha)
     val_every: int = 0  # steps between held-out validations (0: before and after only)
     pool: int = 320  # training examples whose frozen decoder features are computed once (see NeighbourTrainer.build_pool)
     max_windows: Optional[int] = None  # per volume (see NeighbourSampler)
