@@ -158,3 +158,19 @@ def test_a_vanishing_neighbour_ends_the_chain_only_for_trained_neighbours(model,
                 assert pred is not None and info is not None and p.encoder_passes > passes
     finally:
         model.trained_neighbours = saved
+
+
+def test_neighbour_terms_are_per_example_dice_on_probabilities():
+    """The neighbour loss: one value per example (not pooled over the batch), Dice on sigmoid probabilities, an empty
+    target asking for an empty mask; the default weighting is Dice-dominant (session 6: 20 x focal with alpha 0.2
+    taught the heads to shrink, benchmarks/TRAINING.md)."""
+    target = torch.zeros(3, 2, 16, 16)
+    target[:2, :, 4:12, 4:12] = 1.0  # examples 0 and 1 hold a square; example 2 is past the structure's end
+    logits = (target * 2 - 1) * 20  # confident and right, except example 1 predicts nothing
+    logits[1] = -20.0
+    terms = neighbour_terms(logits, target, alpha=0.5)
+    assert terms["dice"].shape == (3,) and terms["focal"].shape == (3,)
+    assert terms["dice"][0] < 0.01 and terms["dice"][2] < 0.01  # right, and right to be empty
+    assert terms["dice"][1] > 0.95  # a missed structure costs the whole Dice term, whatever its size
+    cfg = NeighbourConfig(out="unused")
+    assert cfg.focal_weight == 1.0 and cfg.focal_alpha == 0.5
