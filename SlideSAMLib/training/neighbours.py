@@ -9,8 +9,11 @@ prompted slice therefore keeps the untuned model's box skill exactly.
 
 Prompts: boxes only (the default is box-prompted), the centre slice's tight box jittered and
 grown by 0-6 model pixels (the propagation prompts with the neighbour mask's box grown by 5).
-Loss: the Slide-SAM mask loss (20 x focal + Dice) on the two outer slices (indicator [1, 0, 1]);
-an empty neighbour target (past a structure's end) asks for an empty mask.
+Loss: per example, soft Dice (sigmoid probabilities) + focal_weight x focal on the two outer slices; an empty
+neighbour target (past a structure's end) asks for an empty mask.  The default is Dice-dominant (focal weight 1,
+alpha 0.5): Slide-SAM's 20 x focal with alpha 0.2 (foreground pixels weighted 0.2, background 0.8) taught the
+outer branches to shrink — session 5's adapter made the MR spine's neighbour masks 0.42x their true area (median)
+and its propagation there fell 0.395 -> 0.137 (benchmarks/TRAINING.md, session 6).
 """
 import csv
 import time
@@ -24,13 +27,12 @@ import torch
 from ..errors import InputError
 from .dataset import MIN_AREA, _slices_with, labels_to_model
 from .embeddings import EmbeddingStore
-from .losses import FOCAL_WEIGHT, mask_loss
+from .losses import FOCAL_ALPHA, dice_per_slice, focal_per_slice
 from .prompts import jittered_box
 from .trainer import lr_at  # warm-up then cosine, read from cfg.lr / warmup / steps
 
 NEIGHBOUR_BRANCHES = ("mask_decoder.output_upscaling.", "mask_decoder.output_upscaling3.")  # slices k-1, k+1
 CENTRE_BRANCH = "mask_decoder.output_upscaling2."
-INDICATOR = (1.0, 0.0, 1.0)
 BOX_GROWTH_MODEL_PX = 6.0
 LOSS_FILE = "loss.csv"
 CROP_MARGIN = 8  # cells of the 64x64 embedding grid (32 model pixels at 256) around the prompt box: a neighbour
@@ -56,12 +58,22 @@ class NeighbourConfig:
     seed: int = 0
     max_minutes: Optional[float] = None
     val_windows: int = 32
+    focal_weight: float = 1.0  # beside the Dice term (see the module docstring)
+    focal_alpha: float = 0.5  # weight of foreground pixels in the focal term (background: 1 - alpha)
+    val_every: int = 0  # steps between held-out validations (0: before and after only)
     pool: int = 320  # training examples whose frozen decoder features are computed once (see NeighbourTrainer.build_pool)
     max_windows: Optional[int] = None  # per volume (see NeighbourSampler)
     progress: bool = True
     command: str = ""
     data: List[dict] = field(default_factory=list)
     val_data: List[dict] = field(default_factory=list)
+
+
+def neighbour_terms(logits: torch.Tensor, target: torch.Tensor, alpha: float) -> Dict[str, torch.Tensor]:
+    """Per-example focal and soft-Dice terms [B] of the two outer slices: logits / target [B, 2, H, W] (k-1, k+1),
+    Dice per slice on sigmoid probabilities, each term the mean of the two slices."""
+    target = target.float()
+    return {"focal": focal_per_slice(logits.float(), target, alpha=alpha).mean(dim=1), "dice": dice_per_slice(logits.float(), target).mean(dim=1)}
 
 
 class NeighbourSampler:
@@ -133,7 +145,6 @@ class NeighbourTrainer:
         self.net.eval()  # nothing trained here has dropout or batch statistics
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
-        self.indicator = torch.tensor(INDICATOR)
 
     def batch(self, rng: np.random.Generator, n: int, sampler: Optional[NeighbourSampler] = None):
         ex = [(sampler or self.sampler).example(rng) for _ in range(n)]
@@ -150,15 +161,14 @@ class NeighbourTrainer:
 
     def losses(self, emb, target, boxes) -> Dict[str, torch.Tensor]:
         logits = self.forward(emb, boxes)
-        ind = self.indicator.to(logits.device).expand(len(logits), 3)
-        terms = mask_loss(logits, target.to(logits.device), ind)
+        terms = neighbour_terms(logits[:, [0, 2]], target.to(logits.device)[:, [0, 2]], self.cfg.focal_alpha)
         with torch.no_grad():
             pred = logits > 0
             t = target.to(logits.device) > 0.5
             inter = (pred & t).sum(dim=(-2, -1)).float()
             sums = (pred.sum(dim=(-2, -1)) + t.sum(dim=(-2, -1))).float()
             dice = torch.where(sums > 0, 2 * inter / sums.clamp(min=1), torch.ones_like(sums))  # [B, 3]
-        return {"loss": (FOCAL_WEIGHT * terms["focal"] + terms["dice"]).mean(), "focal": terms["focal"].mean().detach(),
+        return {"loss": (self.cfg.focal_weight * terms["focal"] + terms["dice"]).mean(), "focal": terms["focal"].mean().detach(),
                 "dice_loss": terms["dice"].mean().detach(), "neighbour_dice": dice[:, [0, 2]].mean().detach(), "centre_dice": dice[:, 1].mean().detach()}
 
     @torch.no_grad()
@@ -223,11 +233,11 @@ class NeighbourTrainer:
         focal, dice = [], []
         for i in picks:  # crops differ in size: one example at a time
             src, hyper, target = self.pool[int(i)]
-            terms = mask_loss(self.outer_logits(src[None].float(), hyper[None]), target[None].float(), torch.ones(1, 2))
+            terms = neighbour_terms(self.outer_logits(src[None].float(), hyper[None]), target[None], self.cfg.focal_alpha)
             focal.append(terms["focal"])
             dice.append(terms["dice"])
         focal, dice = torch.cat(focal), torch.cat(dice)
-        loss = (FOCAL_WEIGHT * focal + dice).mean()
+        loss = (self.cfg.focal_weight * focal + dice).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -261,6 +271,9 @@ class NeighbourTrainer:
                 f.flush()
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(recent):.4f}")
+                if self.val_sampler and self.cfg.val_every and self.step % self.cfg.val_every == 0 and self.step < self.cfg.steps:
+                    figures.setdefault("val_curve", {})[self.step] = v = self.validate(self.val_sampler)
+                    log(f"step {self.step}: held out {v}")
                 if self.cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * self.cfg.max_minutes:
                     log(f"time limit of {self.cfg.max_minutes} min reached at step {self.step}")
                     break
