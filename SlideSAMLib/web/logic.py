@@ -3,8 +3,9 @@
 Prompts are real markups nodes placed with the mouse in the slice views (an ROI for the box,
 point lists for include / exclude clicks).  `SlideSAMLogic` (SlideSAM/SlideSAMSlicer/logic.py)
 turns them into the engine's voxel prompt with `geometry`, the engine runs in its own process
-(the page never waits on it: the job runs on a worker thread, its progress streams to the page),
-and `writer` puts the result into one segment of the segmentation node, other segments untouched.
+(the page never waits on it: the job runs on a worker thread, its progress streams to the page and
+each slice shows in the segment as the engine accepts it, `preview.LivePreview`), and `writer` puts the
+result into one segment of the segmentation node, other segments untouched.
 Each run is one step on trame-slicer's undo stack, the same stack as the editor's paint strokes.
 """
 import asyncio
@@ -36,6 +37,7 @@ class SlideSAMWebLogic:
         self.server, self.app, self.geometry = server, slicer_app, geometry
         self.logic = SlideSAMLogic(**engine_source)
         self._cancel = threading.Event()
+        self._tasks = set()  # runs under way (see _start)
         self._prompt_view = None  # the slice node of the last prompt: "this slice" of a restart
         self._observed = []
         self._observed_points = set()
@@ -192,7 +194,21 @@ class SlideSAMWebLogic:
             raise SlideSAMError("no volume loaded: open one with the upload button, or give its path to 'slidesam web IMAGE'")
         return volume, segmentation
 
-    async def propagate(self) -> None:
+    def propagate(self) -> None:
+        self._start(self._propagate())
+
+    def restart(self) -> None:
+        self._start(self._restart())
+
+    def _start(self, run) -> None:
+        """Start a run and return at once.  The page's connection handles one message at a time (wslink awaits each
+        handler before reading the next), so a handler awaiting the whole run would hold back Cancel, downloads and
+        every view interaction until the run ended."""
+        task = asyncio.get_running_loop().create_task(run)
+        self._tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._tasks.discard)
+
+    async def _propagate(self) -> None:
         def prepare():
             volume, segmentation = self._nodes()
             box, include, exclude = self._prompt_nodes()
@@ -210,7 +226,7 @@ class SlideSAMWebLogic:
 
         await self._run("propagate", prepare)
 
-    async def restart(self) -> None:
+    async def _restart(self) -> None:
         def prepare():
             volume, segmentation = self._nodes()
             segment_id = self.editor.get_active_segment_id()

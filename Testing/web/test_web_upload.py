@@ -14,10 +14,9 @@ DICOM = DATA / "ct_dicom" / "dicom"  # evaluation-only data, used here only to l
 
 
 def _upload(page, selector: str, files) -> dict:
-    before = page.text("slidesam-volume")
+    before = page.json("slidesam-volume")["name"]
     page.page.locator(selector).set_input_files(files)
-    page.wait_for(f"document.querySelector('#slidesam-volume').textContent !== {json.dumps(before)}", 300_000)
-    page.wait_for("document.querySelector('#slidesam-message').textContent.includes('loaded')", 60_000)
+    page.wait_for(f"JSON.parse(document.querySelector('#slidesam-volume').textContent).name !== {json.dumps(before)}", 300_000)
     return page.json("slidesam-volume")
 
 
