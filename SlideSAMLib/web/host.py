@@ -67,6 +67,11 @@ def install(slicer_app) -> None:
     _KEEP["app"] = slicer_app
 
 
+def keep(obj) -> None:
+    """Keep `obj` alive as long as the process (trame-slicer's logic objects: its signals reference them weakly)."""
+    _KEEP.setdefault("objects", []).append(obj)
+
+
 def fix_paint_pipeline_view(view_manager) -> None:
     """trame-slicer 2.0.0 bug: effect pipelines may be created before their view exists.
 
