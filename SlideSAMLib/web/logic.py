@@ -63,7 +63,10 @@ class SlideSAMWebLogic:
         self.logic.clearState()  # an upload clears the scene, whose node IDs the next volume reuses
         self._observed_points.clear()  # an upload clears the scene: new prompt nodes
         name = volume_node.GetName() or "segmentation"
-        self.server.state.slidesam_basename = name.removesuffix(".nii")
+        base = name
+        for suffix in (".gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+            base = base.removesuffix(suffix)
+        self.server.state.slidesam_basename = base or "segmentation"
         for node, tag in self._observed:
             node.RemoveObserver(tag)
         self._observed = [(n, n.AddObserver("ModifiedEvent", self._views_changed)) for n in self._slice_nodes()]
