@@ -8,7 +8,6 @@ import os
 import time
 
 import numpy as np
-import pytest
 
 from SlideSAMLib.evaluation.metrics import dice
 from webpage import CT_LABELS, KIDNEY_BOX, KIDNEY_LEFT, SLICE, TIMINGS, read_ct, seg_nrrd_on_ct_grid
