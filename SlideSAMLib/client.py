@@ -26,11 +26,12 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError, SlideSAMError
-from .contract import CancelFn, ContractSession, ProgressFn, Request, RestartRequest, Result, SegmentRequest, SliceRecord  # noqa: F401  (SliceRecord: re-exported)
-from .wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, encode_volume, version_major
+from .contract import CancelFn, ContractSession, ProgressFn, Request, RestartRequest, Result, SegmentRequest, SliceDoneFn, SliceRecord  # noqa: F401  (SliceRecord: re-exported)
+from .wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, decode_mask2d, encode_volume, version_major
 
 log = logging.getLogger("slidesam.client")
 DEFAULT_TIMEOUT_S = 120.0  # per socket operation; a running job sends a line at least every 0.5 s
+MAX_SLICE_PIXELS = 1 << 26  # a streamed slice mask larger than 8192 x 8192 is refused (the result's masks have their own shape check)
 
 
 class ServerError(SlideSAMError):
@@ -135,8 +136,9 @@ class SlideSAMClient:
         except ValueError:
             raise ServerError(f"the server at {self.url} sent a malformed progress line: it may not be a SlideSAM server") from None
 
-    def run(self, session_id: str, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> Result:
-        """Run a SegmentRequest or RestartRequest on the server's session; progress and cancel as `Session.segment`."""
+    def run(self, session_id: str, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
+            slice_done: Optional[SliceDoneFn] = None) -> Result:
+        """Run a SegmentRequest or RestartRequest on the server's session; progress, cancel and slice_done as `Session.segment`."""
         path = "segment" if isinstance(request, SegmentRequest) else "restart"
         job, cancel_sent = "", False
         with self._open("POST", f"/sessions/{session_id}/{path}", json.dumps(request.to_json()).encode(), "application/json") as response:
@@ -148,6 +150,8 @@ class SlideSAMClient:
                     job = event.get("job", "")
                 elif kind == "progress" and progress is not None:
                     progress(float(event["fraction"]), str(event["message"]))
+                elif kind == "slice" and slice_done is not None:
+                    slice_done(int(event["index"]), decode_mask2d(event["mask"], MAX_SLICE_PIXELS))
                 elif kind == "result":
                     return Result.from_json(event, job)
                 elif kind == "error":
@@ -217,18 +221,19 @@ class RemoteSession(ContractSession):
         self.session_id = self.client.upload(self.volume, spacing, origin, direction, modality=modality)
         return self.session_id
 
-    def run(self, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> Result:
+    def run(self, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
+            slice_done: Optional[SliceDoneFn] = None) -> Result:
         """Run a contract request on the server (uploading the volume first, or again when the server forgot it)."""
         if self.session_id is None:
             if progress is not None:
                 progress(0.0, f"uploading the volume to {self.client.url}")
             self._upload()
         try:
-            return self.client.run(self.session_id, request, progress, cancel)
+            return self.client.run(self.session_id, request, progress, cancel, slice_done)
         except SessionGone:
             if progress is not None:
                 progress(0.0, "the server no longer holds this volume (session expired): uploading it again")
-            return self.client.run(self._upload(), request, progress, cancel)
+            return self.client.run(self._upload(), request, progress, cancel, slice_done)
 
     def close(self) -> None:
         """Free the server's copy now (it also expires on its own); a server that is gone is not an error here."""

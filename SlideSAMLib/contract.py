@@ -10,6 +10,8 @@ Requests (voxel IJK prompts, as `Session.segment` / `Session.restart` take them)
   CancelRequest   job
   closing a session has no body: `close()` on the session (DELETE /sessions/{id} on a server)
 Result: slices and their masks, per-slice info, stop reasons, prompt kind, cancelled, seconds, encoder passes.
+While a request runs: progress(fraction, message), cancel() -> bool, and slice_done(index, mask) with each slice's
+mask as it is accepted (a front end shows the run as it goes; the Result is what is written).
 
 The request classes are plain dataclasses: the server's FastAPI routes validate JSON bodies straight into
 them (`__pydantic_config__` forbids unknown fields; pydantic is not imported here), `to_json()` is the
@@ -26,6 +28,7 @@ from .wire import MaskResultMixin, WireError, decode_mask2d, decode_masks, encod
 Ijk = Tuple[float, float, float]
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
+SliceDoneFn = Callable[[int, np.ndarray], None]  # (slice index, bool mask) as propagation accepts each slice (propagation.SliceDoneFn)
 MAX_POINTS = 256
 _STRICT = {"extra": "forbid"}
 
@@ -228,7 +231,8 @@ class ContractSession:
     """What every engine session offers: `run(request, progress, cancel) -> Result`, `close()`, and
     `segment` / `restart` with `Session`'s keyword arguments (voxel IJK prompts), built on `run`."""
 
-    def run(self, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> Result:
+    def run(self, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
+            slice_done: Optional[SliceDoneFn] = None) -> Result:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -248,12 +252,13 @@ class InProcessSession(ContractSession):
     def __init__(self, session, model: str = ""):
         self.session, self.model = session, model
 
-    def run(self, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> Result:
+    def run(self, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
+            slice_done: Optional[SliceDoneFn] = None) -> Result:
         if isinstance(request, SegmentRequest):
-            result = self.session.segment(progress=progress, cancel=cancel, **request.session_kwargs())
+            result = self.session.segment(progress=progress, cancel=cancel, slice_done=slice_done, **request.session_kwargs())
         else:
             args, kwargs = request.session_args(int(np.prod(sorted(self.session.volume.shape)[1:])))
-            result = self.session.restart(*args, progress=progress, cancel=cancel, **kwargs)
+            result = self.session.restart(*args, progress=progress, cancel=cancel, slice_done=slice_done, **kwargs)
         return Result.of(result, self.model)
 
     def close(self) -> None:

@@ -270,7 +270,7 @@ class EngineSession(ContractSession):
         self._remote = None
         self._start = 0  # engine.starts when _remote was made
 
-    def run(self, request, progress=None, cancel=None):
+    def run(self, request, progress=None, cancel=None, slice_done=None):
         from .client import RemoteSession, ServerError
 
         client = self.engine.client()
@@ -279,7 +279,7 @@ class EngineSession(ContractSession):
             self._remote, self._start = RemoteSession(client, self.volume, spacing, origin, direction, modality), self.engine.starts
         pid = self.engine.pid
         try:
-            return self._remote.run(request, progress, cancel)
+            return self._remote.run(request, progress, cancel, slice_done)
         except ServerError:
             code = self.engine.exit_code()
             if code is None:

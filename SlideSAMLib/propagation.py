@@ -264,6 +264,7 @@ class Chain:
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
+SliceDoneFn = Callable[[int, np.ndarray], None]  # (slice index, bool mask): a slice as propagation accepts it, while it runs
 
 
 class Propagator:
@@ -280,6 +281,7 @@ class Propagator:
         progress: Optional[ProgressFn] = None,
         cancel: Optional[CancelFn] = None,
         box_margin_model_px: float = BOX_MARGIN_MODEL_PX,
+        slice_done: Optional[SliceDoneFn] = None,
         step_model_px: float = STEP_MODEL_PX,
     ):
         self.p = predictor
@@ -290,6 +292,9 @@ class Propagator:
         self.rule = rule if rule is not None else StopRule()
         self.progress = progress or (lambda fraction, message: None)
         self.cancel = cancel or (lambda: False)
+        # Each slice's mask as soon as it is accepted, for front ends that show the run as it goes: the slice's own
+        # window, constrained; the result's mask of that slice also merges the next window's prediction of it.
+        self.slice_done = slice_done or (lambda index, mask: None)
         self._sum: Dict[int, torch.Tensor] = {}  # slice -> weighted logit sum, while windows may still add to it
         self._weight: Dict[int, float] = {}
         self._sealed: Dict[int, np.ndarray] = {}  # slice -> merged bool mask, once no window can add to it
@@ -380,6 +385,7 @@ class Propagator:
             chain.slices.append(c)
             self.max_area = max(self.max_area, info.area)
             chain.previous_area, chain.previous_mask = info.area, centre
+            self.slice_done(c, centre)
             self.progress(min(0.99, self._done / self._span), f"slice {c} ({chain.name})")
             c += chain.direction
 
@@ -403,6 +409,7 @@ class Propagator:
         self.intensity = IntensityModel(self.p.stack[start], start_mask)
         start_info = SliceInfo(start, first.iou, first.stability, int(start_mask.sum()))
         res.info.append(start_info)
+        self.slice_done(start, start_mask.astype(bool))
         self.max_area = max(start_info.area, int(largest_area))  # the stop rule's areas are relative to this
         self._span = max(1, sum((hi - start) if d > 0 else (start - lo) for d in directions))
         self._done = 0

@@ -17,7 +17,7 @@ from .clicks import ClickSearch, apply_clicks, cleared, edit_mask
 from .errors import InputError
 from .predictor import WindowPredictor, new_cache_owner
 from .preprocess import guess_modality, normalisation_for
-from .propagation import CancelFn, ProgressFn, PropagationResult, Propagator, StopRule, box_of
+from .propagation import CancelFn, ProgressFn, PropagationResult, Propagator, SliceDoneFn, StopRule, box_of
 
 log = logging.getLogger("slidesam")
 Point3 = Sequence[float]
@@ -134,6 +134,7 @@ class Session:
         slice_range: Optional[Tuple[int, int]] = None,
         progress: Optional[ProgressFn] = None,
         cancel: Optional[CancelFn] = None,
+        slice_done: Optional[SliceDoneFn] = None,
     ) -> PropagationResult:
         """Propagate from a box and/or clicks on one slice.
 
@@ -142,6 +143,7 @@ class Session:
         With a box-only model (the embedded default) clicks never reach the decoder: clicks alone start the box
         search of `SlideSAMLib.clicks`, clicks beside a box edit the box's mask (`result.prompt` says which).
         Returns a `PropagationResult` (masks of the slices written, per-slice scores, stop reasons).
+        slice_done(index, mask): each slice's mask as it is accepted, while the run goes on (front ends show it).
         """
         if direction not in DIRECTIONS:
             raise InputError(f"direction '{direction}' is not one of both, up, down")
@@ -184,7 +186,7 @@ class Session:
                 kind = "box+click-edits"
             if progress:
                 progress(0.0, f"slice {k} (prompt)")
-            prop = Propagator(pred, self.stack_spacing(ax), self.stop_rule, progress, cancel)
+            prop = Propagator(pred, self.stack_spacing(ax), self.stop_rule, progress, cancel, slice_done=slice_done)
             result = prop.run(k, first, DIRECTIONS[direction], lo, hi)
             result.encoder_passes = pred.encoder_passes - passes  # the prompt's own window included
             result.prompt = kind
@@ -200,6 +202,7 @@ class Session:
         progress: Optional[ProgressFn] = None,
         cancel: Optional[CancelFn] = None,
         largest_area: Optional[int] = None,
+        slice_done: Optional[SliceDoneFn] = None,
     ) -> PropagationResult:
         """Propagate again from a corrected 2D mask on `slice_index` towards `direction` ("up" or "down").
 
@@ -230,7 +233,7 @@ class Session:
             passes = pred.encoder_passes
             pred.encode([slice_index])
             first = pred.predict(slice_index, box=(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
-            prop = Propagator(pred, self.stack_spacing(axis), self.stop_rule, progress, cancel)
+            prop = Propagator(pred, self.stack_spacing(axis), self.stop_rule, progress, cancel, slice_done=slice_done)
             result = prop.run(slice_index, first, DIRECTIONS[direction], lo, hi, fixed_start_mask=mask, largest_area=int(largest_area or 0))
             result.encoder_passes = pred.encoder_passes - passes
             result.prompt = "restart"

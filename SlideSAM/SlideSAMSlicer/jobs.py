@@ -27,8 +27,10 @@ class PropagationJob:
     get_session: Optional[Callable[[], object]] = None  # returns the volume's contract session (may start the engine)
     results: List[object] = field(default_factory=list)  # contract.Result per request run
 
-    def run(self, progress: Optional[Callable[[float, str], None]] = None, cancel: Optional[Callable[[], bool]] = None):
-        """Engine calls only: safe on a worker thread."""
+    def run(self, progress: Optional[Callable[[float, str], None]] = None, cancel: Optional[Callable[[], bool]] = None,
+            slice_done: Optional[Callable[[int, object], None]] = None):
+        """Engine calls only: safe on a worker thread.  slice_done(index, mask): each slice along `axis` as the
+        engine accepts it (a bool 2D mask in the engine's stack order), for a front end that shows the run as it goes."""
         report = progress or (lambda fraction, message: None)
         report(0.0, "preparing the engine and the volume")
         session = self.get_session()
@@ -40,7 +42,7 @@ class PropagationJob:
             def part(fraction, message, step=step):
                 report((step + fraction) / n, message)
 
-            self.results.append(session.run(request, part, cancel))
+            self.results.append(session.run(request, part, cancel, slice_done))
         report(1.0, "done")
         return self.results
 

@@ -6,7 +6,7 @@ Endpoints (the server also describes itself at /openapi.json and /docs):
   POST   /sessions                     body = wire.encode_volume(...) -> {"session": id, ...}
   GET    /sessions/{id}                shape, geometry, cached bytes, expiry
   DELETE /sessions/{id}                close it and free its embeddings
-  POST   /sessions/{id}/segment        JSON prompt -> NDJSON stream (job, progress, wait..., result | error)
+  POST   /sessions/{id}/segment        JSON prompt -> NDJSON stream (job, progress, slice, wait..., result | error)
   POST   /sessions/{id}/restart        JSON corrected slice -> NDJSON stream, as segment
   POST   /sessions/{id}/cancel         {"job": id} or {} (all running jobs of the session)
 """
@@ -28,7 +28,7 @@ from .._version import __version__
 from ..checkpoint import SlideSAMModel
 from ..contract import CancelRequest, RestartRequest, Result, SegmentRequest
 from ..errors import SlideSAMError
-from ..wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, TooLarge, WireError, decode_volume, version_major
+from ..wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, TooLarge, WireError, decode_volume, encode_mask2d, version_major
 from .scheduler import FairLock, shared_model
 from .sessions import SessionEntry, SessionStore, StoreError
 
@@ -200,8 +200,8 @@ def create_app(
     async def segment(session_id: str, body: SegmentRequest):
         entry = store.get(session_id)
 
-        def work(progress, cancelled):
-            return entry.session.segment(progress=progress, cancel=cancelled, **body.session_kwargs())
+        def work(progress, cancelled, slice_done):
+            return entry.session.segment(progress=progress, cancel=cancelled, slice_done=slice_done, **body.session_kwargs())
 
         return await _run_job(store, entry, work, model.source)
 
@@ -212,8 +212,8 @@ def create_app(
         largest_slice = max(nj * ni, nk * ni, nk * nj)
         args, kwargs = body.session_args(largest_slice)
 
-        def work(progress, cancelled):
-            return entry.session.restart(*args, progress=progress, cancel=cancelled, **kwargs)
+        def work(progress, cancelled, slice_done):
+            return entry.session.restart(*args, progress=progress, cancel=cancelled, slice_done=slice_done, **kwargs)
 
         return await _run_job(store, entry, work, model.source)
 
@@ -229,7 +229,7 @@ def _line(event: dict) -> bytes:
 
 
 async def _run_job(store: SessionStore, entry: SessionEntry, work: Callable, model_source: str):
-    """Run `work(progress, cancelled)` in a thread; answer 4xx if it fails at once, else stream its events."""
+    """Run `work(progress, cancelled, slice_done)` in a thread; answer 4xx if it fails at once, else stream its events."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
     job = store.start_job(entry)
@@ -243,9 +243,12 @@ async def _run_job(store: SessionStore, entry: SessionEntry, work: Callable, mod
     def progress(fraction: float, message: str) -> None:
         post({"type": "progress", "fraction": round(float(fraction), 4), "message": message})
 
+    def slice_done(index: int, mask) -> None:  # each slice as it is accepted: clients show the run as it goes
+        post({"type": "slice", "index": int(index), "mask": encode_mask2d(mask)})
+
     def runner():
         try:
-            outcome = _result_json(work(progress, job.cancel.is_set), model_source)
+            outcome = _result_json(work(progress, job.cancel.is_set, slice_done), model_source)
         except SlideSAMError as exc:
             outcome = {"type": "error", "status": 422, "message": _one_line(exc)}
         except Exception as exc:  # a model failure (e.g. GPU out of memory) must end the stream with a reason, not hang it

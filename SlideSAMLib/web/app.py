@@ -23,6 +23,9 @@ def create_app(engine_source: dict, engine_label: str, image=None, server=None):
     from .logic import SlideSAMWebLogic  # SlideSAMSlicer is importable once the host is installed
 
     app_logic = SegmentationAppLogic(server, slicer_app)
+    # trame-slicer's signals hold their slots weakly: unkept, the upload buttons' logic is collected once create_app
+    # returns and an upload does nothing (Testing/web/test_web_upload.py failed so)
+    host.keep(app_logic)
     web = SlideSAMWebLogic(server, slicer_app, engine_source, engine_label)
     ui = SegmentationAppUI(server, app_logic.layout_manager)
     with ui.layout.drawer:

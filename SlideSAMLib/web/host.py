@@ -7,7 +7,7 @@ those.  `install(slicer_app)` supplies them from trame-slicer's `SlicerApp`, the
 slicer-core test harness does (Testing/slicer/conftest.py: an application logic owning the scene, the
 module logics registered with it), so the same `SlideSAMLogic` drives the web page.
 
-It also holds the one workaround for trame-slicer 2.0.0 (the latest release on PyPI on 2026-12-01,
+It also holds the one workaround for trame-slicer 2.0.0 (the latest release on PyPI on 2026-12-02,
 checked with `pip index versions trame-slicer`): see `fix_paint_pipeline_view`.
 """
 import logging
@@ -31,7 +31,12 @@ def slicer_module_folder() -> Path:
 
 
 class ScriptedLoadableModuleLogic:
-    """Slicer's scripted-module logic base, reduced to what `SlideSAMLogic` uses of it (its constructor)."""
+    """Slicer's scripted-module logic base, reduced to what `SlideSAMLogic` uses of it (its constructor).
+
+    Kept because it is needed: `SlideSAMLogic` subclasses Slicer's base (it is the module's logic inside Slicer),
+    and slicer-core 5.11.0.6, the one trame-slicer 2.0.0 allows, ships no `slicer.ScriptedLoadableModule` (its
+    `slicer` package holds only slicer_core, slicer_layer_dm and util).  Of the base, `SlideSAMLogic` calls only
+    the constructor (it keeps no parameter node).  A slicer-core that ships the module is used instead."""
 
     def __init__(self, parent=None):
         self.moduleName = type(self).__name__.removesuffix("Logic")
@@ -63,6 +68,11 @@ def install(slicer_app) -> None:
     _KEEP["app"] = slicer_app
 
 
+def keep(obj) -> None:
+    """Keep `obj` alive as long as the process (trame-slicer's logic objects: its signals reference them weakly)."""
+    _KEEP.setdefault("objects", []).append(obj)
+
+
 def fix_paint_pipeline_view(view_manager) -> None:
     """trame-slicer 2.0.0 bug: effect pipelines may be created before their view exists.
 
@@ -71,6 +81,11 @@ def fix_paint_pipeline_view(view_manager) -> None:
     before the view is registered, leaving `_view=None`, so Paint/Erase never create their widget
     (an AttributeError on `paint_interaction_stopped`).  Here the view is looked up again when the
     effect is activated.  Remove this once a trame-slicer release sets the view itself.
+
+    Checked needed on 2026-12-02: with this disabled, Paint in the browser got `SegmentationPaintPipeline2D`
+    with `_view=None`, raised that AttributeError and the stroke never reached the segment (the paint step of
+    Testing/web/test_web_app.py fails).  Upstream's source (KitwareMedical/trame-slicer) still sets the view
+    only when the pipeline is created (`pipeline.SetView(self._view_manager.get_view(view_node))`).
     """
     from trame_slicer.segmentation.segmentation_effect_pipeline import SegmentationEffectPipeline
 

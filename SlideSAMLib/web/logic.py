@@ -3,8 +3,9 @@
 Prompts are real markups nodes placed with the mouse in the slice views (an ROI for the box,
 point lists for include / exclude clicks).  `SlideSAMLogic` (SlideSAM/SlideSAMSlicer/logic.py)
 turns them into the engine's voxel prompt with `geometry`, the engine runs in its own process
-(the page never waits on it: the job runs on a worker thread, its progress streams to the page),
-and `writer` puts the result into one segment of the segmentation node, other segments untouched.
+(the page never waits on it: the job runs on a worker thread, its progress streams to the page and
+each slice shows in the segment as the engine accepts it, `preview.LivePreview`), and `writer` puts the
+result into one segment of the segmentation node, other segments untouched.
 Each run is one step on trame-slicer's undo stack, the same stack as the editor's paint strokes.
 """
 import asyncio
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SlideSAMError
+from .preview import LivePreview
 
 log = logging.getLogger("slidesam.web")
 BOX_NODE, INCLUDE_NODE, EXCLUDE_NODE = "SlideSAM box", "SlideSAM include", "SlideSAM exclude"
@@ -35,15 +37,18 @@ class SlideSAMWebLogic:
         self.server, self.app, self.geometry = server, slicer_app, geometry
         self.logic = SlideSAMLogic(**engine_source)
         self._cancel = threading.Event()
+        self._tasks = set()  # runs under way (see _start)
         self._prompt_view = None  # the slice node of the last prompt: "this slice" of a restart
         self._observed = []
         self._observed_points = set()
+        self.editor.active_segment_id_changed.connect(self._segment_changed)
         state = server.state
         state.update(
             dict(
                 slidesam_engine=engine_label, slidesam_busy=False, slidesam_direction="both", slidesam_progress=0,
                 slidesam_message="load a volume, then place a box", slidesam_error="", slidesam_can_undo=False,
-                slidesam_basename="segmentation", slidesam_views={}, slidesam_last={},
+                slidesam_basename="segmentation", slidesam_views={}, slidesam_last={}, slidesam_volume={},
+                slidesam_range_on=False, slidesam_range_from="", slidesam_range_to="", slidesam_segment="",
                 slidesam_prompt={"box_mm": [0, 0, 0], "include": 0, "exclude": 0, "placing": False},
             )
         )
@@ -55,9 +60,13 @@ class SlideSAMWebLogic:
 
     def on_volume_loaded(self, volume_node) -> None:
         self._prompt_view = None
+        self.logic.clearState()  # an upload clears the scene, whose node IDs the next volume reuses
         self._observed_points.clear()  # an upload clears the scene: new prompt nodes
         name = volume_node.GetName() or "segmentation"
-        self.server.state.slidesam_basename = name.removesuffix(".nii")
+        base = name
+        for suffix in (".gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+            base = base.removesuffix(suffix)
+        self.server.state.slidesam_basename = base or "segmentation"
         for node, tag in self._observed:
             node.RemoveObserver(tag)
         self._observed = [(n, n.AddObserver("ModifiedEvent", self._views_changed)) for n in self._slice_nodes()]
@@ -72,6 +81,8 @@ class SlideSAMWebLogic:
             self._observed_points.add(interaction.GetID())
         self._views_changed()
         self._prompt_changed()
+        spacing, origin, direction = self.geometry.itk_geometry(volume_node)  # what the engine is sent (ITK's LPS)
+        self._set(volume={"name": name, "dims": list(self.geometry.dimensions(volume_node)), "spacing": spacing, "origin": origin, "direction": direction})
         self._set(message=f"loaded {name}: place a box (Box, then drag on a slice view)", error="")
 
     def _slice_nodes(self):
@@ -92,6 +103,11 @@ class SlideSAMWebLogic:
             views["ijk_to_ras"] = [float(v) for v in self.geometry.ijk_to_world(volume).ravel()]
         with self.server.state:
             self.server.state.slidesam_views = views
+
+    def _segment_changed(self, segment_id: str) -> None:
+        """The segment the next Propagate writes into (the segment editor's active one; none: a new 'SlideSAM')."""
+        segment = self.editor.get_segment(segment_id) if segment_id else None
+        self._set(segment=segment.GetName() if segment is not None else "")
 
     def _undo_changed(self, *_):
         undo = self.editor.undo_stack
@@ -181,7 +197,21 @@ class SlideSAMWebLogic:
             raise SlideSAMError("no volume loaded: open one with the upload button, or give its path to 'slidesam web IMAGE'")
         return volume, segmentation
 
-    async def propagate(self) -> None:
+    def propagate(self) -> None:
+        self._start(self._propagate())
+
+    def restart(self) -> None:
+        self._start(self._restart())
+
+    def _start(self, run) -> None:
+        """Start a run and return at once.  The page's connection handles one message at a time (wslink awaits each
+        handler before reading the next), so a handler awaiting the whole run would hold back Cancel, downloads and
+        every view interaction until the run ended."""
+        task = asyncio.get_running_loop().create_task(run)
+        self._tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._tasks.discard)
+
+    async def _propagate(self) -> None:
         def prepare():
             volume, segmentation = self._nodes()
             box, include, exclude = self._prompt_nodes()
@@ -190,7 +220,8 @@ class SlideSAMWebLogic:
             self._prompt_view = view or self._prompt_view
             job = self.logic.prepareSegment(
                 volume, segmentation, self.editor.get_active_segment_id() or None, box=box, points=include, excludePoints=exclude,
-                direction=self.server.state.slidesam_direction, axis=axis, sliceIndex=index, editorNode=self.editor.editor_node,
+                direction=self.server.state.slidesam_direction, sliceRange=self._slice_range(), axis=axis, sliceIndex=index,
+                editorNode=self.editor.editor_node,
             )
             request = job.requests[0]  # the contract's SegmentRequest, as the engine receives it
             return job, {"box_ijk": [list(map(float, c)) for c in request.box] if request.box else None,
@@ -198,17 +229,29 @@ class SlideSAMWebLogic:
 
         await self._run("propagate", prepare)
 
-    async def restart(self) -> None:
+    async def _restart(self) -> None:
         def prepare():
             volume, segmentation = self._nodes()
             segment_id = self.editor.get_active_segment_id()
             view = self._prompt_view or self.app.scene.GetFirstNodeByName("Red")
             axis, index = self.geometry.slice_view_axis_and_index(volume, view)
             job = self.logic.prepareRestart(volume, segmentation, segment_id, index, axis=axis, direction=self.server.state.slidesam_direction,
-                                            editorNode=self.editor.editor_node)
+                                            sliceRange=self._slice_range(), editorNode=self.editor.editor_node)
             return job, {"restart_slice": index, "axis": axis}
 
         await self._run("restart", prepare)
+
+    def _slice_range(self):
+        """(first, last) slice indices along the prompt's axis when "Only slices" is ticked, else None (the whole volume)."""
+        state = self.server.state
+        if not state.slidesam_range_on:
+            return None
+        try:
+            first, last = (int(str(state[f"slidesam_range_{end}"]).strip()) for end in ("from", "to"))
+        except ValueError:
+            raise SlideSAMError(f"the slice range '{state.slidesam_range_from}' to '{state.slidesam_range_to}' is not two whole slice numbers: "
+                                "type both, or untick 'Only slices'") from None
+        return first, last
 
     async def _run(self, kind: str, prepare) -> None:
         """Prepare on the page's thread, run the engine on a worker thread, write the result back here."""
@@ -231,8 +274,13 @@ class SlideSAMWebLogic:
                 first.append(time.perf_counter() - started)
             loop.call_soon_threadsafe(lambda: self._set(progress=round(100 * float(fraction)), message=f"{kind}: {message}"))
 
+        preview = None
         try:
-            await loop.run_in_executor(None, job.run, progress, self._cancel.is_set)
+            if job.axis is not None:
+                preview = LivePreview(self.logic, self.editor, job, loop)
+            await loop.run_in_executor(None, job.run, progress, self._cancel.is_set, preview.slice_done if preview else None)
+            if preview is not None:
+                preview.restore()  # the run's one undo step starts from the segment as it was before it
             segmentation = self.editor.active_segmentation
             with SegmentationLabelMapUndoCommand.push_state_change(segmentation):
                 report = self.logic.applyJob(job)
@@ -240,9 +288,11 @@ class SlideSAMWebLogic:
             self.editor.set_active_segment_id(report.segmentId)
             self._show_prompt_in_other_views()
         except SlideSAMError as exc:
+            self._restore(preview)
             self._set(busy=False, error=str(exc), message=f"{kind} failed")
             return
         except Exception as exc:  # an unexpected failure must not leave the page busy forever
+            self._restore(preview)
             log.exception("SlideSAM web: %s failed", kind)
             self._set(busy=False, error=f"{kind} failed: {type(exc).__name__}: {exc}", message="")
             return
@@ -251,10 +301,22 @@ class SlideSAMWebLogic:
         name = self.editor.get_segment(report.segmentId).GetName()
         span = f"{self.geometry.AXIS_NAMES[report.axis]} {slices[0]}..{slices[-1]}" if slices else "no slice"
         summary.update(kind=kind, segment_id=report.segmentId, segment=name, slices=[slices[0], slices[-1]] if slices else [],
+                       slice_range=list(job.slice_range) if job.slice_range else None, prompt=report.prompt,
                        changed=len(report.changedSlices), cancelled=report.cancelled, stopped=report.stopped,
-                       seconds_first_progress=round(first[0], 3) if first else None, seconds_total=round(total, 3))
+                       seconds_first_progress=round(first[0], 3) if first else None, seconds_total=round(total, 3),
+                       shown_while_running=sorted(set(preview.shown)) if preview else [],
+                       seconds_first_mask=round(preview.first_shown - started, 3) if preview and preview.first_shown else None)
         self._set(busy=False, progress=100, last=summary,
                   message=f"{'cancelled: kept' if report.cancelled else 'wrote'} {len(slices)} slices ({span}) into '{name}' in {total:.1f} s")
+
+    @staticmethod
+    def _restore(preview) -> None:
+        """A failed run leaves the segment as it was: the preview is taken back (a failure there is logged, the run's error shown)."""
+        if preview is not None:
+            try:
+                preview.restore()
+            except Exception:  # noqa: BLE001  (the run's own error is the one to show)
+                log.exception("SlideSAM web: the preview could not be taken back")
 
     def _show_prompt_in_other_views(self) -> None:
         """Move the other slice views through the box's centre, so the result shows in all three."""

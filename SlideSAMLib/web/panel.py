@@ -44,6 +44,18 @@ def build_panel(server, ctrl):
                 id="slidesam-direction",
                 classes="my-2",
             )
+            html.Div(
+                "{{ ['Red', 'Yellow', 'Green'].filter(v => slidesam_views[v] && slidesam_views[v].axis !== null && slidesam_views[v].axis !== undefined)"
+                ".map(v => v + ': ' + 'IJK'[slidesam_views[v].axis] + ' ' + slidesam_views[v].index).join(', ') }}",
+                id="slidesam-slices", classes="text-caption",
+            )
+            with html.Div(classes="d-flex align-center"):
+                v3.VCheckbox(v_model=("slidesam_range_on", False), label="Only slices", density="compact", hide_details=True,
+                             id="slidesam-range-on", disabled=("slidesam_busy",))
+                for end, label in (("from", "from"), ("to", "to")):
+                    v3.VTextField(v_model=(f"slidesam_range_{end}", ""), label=label, type="number", density="compact", hide_details=True,
+                                  id=f"slidesam-range-{end}", disabled=("slidesam_busy || !slidesam_range_on",), classes="mx-1", style="max-width: 90px;")
+            html.Div("into segment: {{ slidesam_segment || 'a new one (SlideSAM)' }}", id="slidesam-segment", classes="text-caption")
             with html.Div(classes="d-flex flex-wrap"):
                 _button("Propagate", ctrl.propagate, "slidesam-propagate", "mdi-play", color="primary", disabled=("slidesam_busy",))
                 _button("Cancel", ctrl.cancel, "slidesam-cancel", "mdi-stop", disabled=("!slidesam_busy",))
@@ -58,3 +70,4 @@ def build_panel(server, ctrl):
             # Where each slice view shows what (the browser test maps voxels to page pixels with it).
             html.Pre("{{ JSON.stringify(slidesam_views) }}", id="slidesam-views", style="display: none;")
             html.Pre("{{ JSON.stringify(slidesam_last) }}", id="slidesam-last", style="display: none;")
+            html.Pre("{{ JSON.stringify(slidesam_volume) }}", id="slidesam-volume", style="display: none;")

@@ -5,6 +5,7 @@ engine in a Python that has torch ($SLIDESAM_ENGINE_PYTHON, e.g. the main .venv)
 every test here is skipped with the reason.  Run: pytest --confcutdir=Testing/web Testing/web
 (--confcutdir keeps the main suite's conftest, which needs torch, out of the web environment).
 """
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from webpage import CT, DATA, ROOT
+from webpage import CT, DATA, ROOT, TIMINGS, WebPage
+
 SERVER_START_S = 300  # model load on a loaded CI machine
 
 
@@ -83,11 +85,41 @@ def _stop(process) -> None:
             process.wait()
 
 
+def web_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "VTK_DEFAULT_OPENGL_WINDOW": "vtkEGLRenderWindow"}
+
+
+def start_web(args, log: Path):
+    """`slidesam web ARGS` on 127.0.0.1 (its output in `log`); stop it with `stop`."""
+    return subprocess.Popen([sys.executable, "-m", "SlideSAMLib.cli", "web", "--host", "127.0.0.1", *args], cwd=ROOT, env=web_env(),
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+def another_web(web_app, tmp_path):
+    """start(ARGS) -> page URL: one more `slidesam web ARGS --server (the test engine)` on a free loopback port,
+    answering; stopped by its PID when the test ends."""
+    started = []
+
+    def start(args):
+        port = free_port()
+        log = tmp_path / f"web{len(started)}.log"
+        process = start_web([*args, "--port", str(port), "--server", web_app[1]], log)
+        started.append(process)
+        url = f"http://127.0.0.1:{port}/"
+        _wait_http(url, process, SERVER_START_S, log)
+        return url
+
+    yield start
+    for process in started:
+        _stop(process)
+
+
 @pytest.fixture(scope="session")
 def web_app(tmp_path_factory):
     """(page URL, engine URL): `slidesam serve` and `slidesam web example_ct --server` on free loopback ports."""
     folder = tmp_path_factory.mktemp("web_app")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VTK_DEFAULT_OPENGL_WINDOW": "vtkEGLRenderWindow"}
+    env = web_env()
     engine_port, web_port = free_port(), free_port()
     engine_url, web_url = f"http://127.0.0.1:{engine_port}", f"http://127.0.0.1:{web_port}/"
     serve_log, web_log = folder / "serve.log", folder / "web.log"
@@ -98,10 +130,7 @@ def web_app(tmp_path_factory):
     web = None
     try:
         _wait_http(engine_url + "/version", serve, SERVER_START_S, serve_log)
-        web = subprocess.Popen(
-            [sys.executable, "-m", "SlideSAMLib.cli", "web", str(CT), "--host", "127.0.0.1", "--port", str(web_port), "--server", engine_url],
-            cwd=ROOT, env=env, stdout=web_log.open("w"), stderr=subprocess.STDOUT,
-        )
+        web = start_web([str(CT), "--port", str(web_port), "--server", engine_url], web_log)
         _wait_http(web_url, web, SERVER_START_S, web_log)
         yield web_url, engine_url
     finally:
@@ -118,3 +147,25 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-gpu"])
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(web_app, browser, tmp_path_factory):
+    """A browser page on the app, once its volume and axial view are shown (one per test file: a user's session).
+
+    The app's state is the server's, shared by every page: a test file starts from what earlier ones left."""
+    url, engine_url = web_app
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    p = context.new_page()
+    started = time.perf_counter()
+    p.goto(url)
+    web = WebPage(p)
+    web.wait_for("JSON.parse(document.querySelector('#slidesam-volume').textContent).dims.length === 3", 300_000)
+    web.view_box("Red")  # the axial view's image is on the page
+    TIMINGS.setdefault("page_load_s", round(time.perf_counter() - started, 1))
+    web.engine_url = engine_url
+    web.folder = tmp_path_factory.mktemp("web_page")
+    yield web
+    (web.folder / "timings.json").write_text(json.dumps(TIMINGS, indent=1))
+    print("web timings:", TIMINGS)
+    context.close()

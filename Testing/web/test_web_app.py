@@ -4,65 +4,16 @@ One page for the whole module (a user's session): the tests run in order and eac
 previous one left.  Server-side voxels are checked through the page's own downloads (.seg.nrrd read by
 slicerio, NIfTI by SimpleITK), against the reference label and the engine's own result on the same box.
 """
-import json
+import os
 import time
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from SlideSAMLib.evaluation.metrics import dice
-from webpage import CT, CT_LABELS, ROOT, WebPage
+from webpage import CT_LABELS, KIDNEY_BOX, KIDNEY_LEFT, SLICE, TIMINGS, read_ct, seg_nrrd_on_ct_grid
 
-KIDNEY_LEFT = 3  # TotalSegmentator label of the left kidney in example_seg_fast_force_split
-SLICE = 93  # the prompt slice (k) and the kidney's voxel box on it: i 27..44, j 28..45
-KIDNEY_BOX = ((27, 28, SLICE), (44, 45, SLICE))
 DECOY_BOX = ((60, 40, SLICE), (80, 60, SLICE))  # placed first, then replaced: the run must use KIDNEY_BOX
 PAINT_AT = (36, 60, SLICE)  # outside the kidney on the prompt slice
-TIMINGS = {}
-
-
-def read_ct():
-    import SimpleITK as sitk
-
-    return sitk.ReadImage(str(CT))
-
-
-def seg_nrrd_on_ct_grid(path: Path, segment_name: str) -> np.ndarray:
-    """A segment of a .seg.nrrd (read by slicerio), resampled onto example_ct's grid: (k, j, i) uint8."""
-    import SimpleITK as sitk
-    import slicerio
-
-    segmentation = slicerio.read_segmentation(str(path))
-    segment = slicerio.segment_from_name(segmentation, segment_name)
-    mask = slicerio.segment_mask(segmentation, segment).astype(np.uint8)  # (i, j, k) in slicerio's order
-    ijk_to_lps = np.array(segmentation["ijkToLPS"], dtype=float)
-    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(mask.transpose(2, 1, 0)))
-    image.SetSpacing(spacing.tolist())
-    image.SetOrigin(ijk_to_lps[:3, 3].tolist())
-    image.SetDirection((ijk_to_lps[:3, :3] / spacing).ravel().tolist())
-    on_ct = sitk.Resample(image, read_ct(), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    return sitk.GetArrayFromImage(on_ct)
-
-
-@pytest.fixture(scope="module")
-def page(web_app, browser, tmp_path_factory):
-    url, engine_url = web_app
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
-    p = context.new_page()
-    started = time.perf_counter()
-    p.goto(url)
-    web = WebPage(p)
-    web.wait_for("document.querySelector('#slidesam-message').textContent.includes('loaded')", 300_000)
-    web.view_box("Red")  # the axial view's image is on the page
-    TIMINGS["page_load_s"] = round(time.perf_counter() - started, 1)
-    web.engine_url = engine_url
-    web.folder = tmp_path_factory.mktemp("web_page")
-    yield web
-    (web.folder / "timings.json").write_text(json.dumps(TIMINGS, indent=1))
-    print("web timings:", TIMINGS)
-    context.close()
 
 
 def test_second_box_by_mouse_propagates_into_a_segment(page):
@@ -75,6 +26,8 @@ def test_second_box_by_mouse_propagates_into_a_segment(page):
     last = page.run("slidesam-propagate")
     TIMINGS["propagate_to_whole_organ_s"] = round(time.perf_counter() - started, 1)
     TIMINGS["propagate_to_first_progress_s"] = last["seconds_first_progress"]
+    TIMINGS["propagate_to_first_mask_s"] = last["seconds_first_mask"]  # the first slices written into the segment, mid-run
+    TIMINGS["load_average_1min"] = round(os.getloadavg()[0], 1)
     page.page.screenshot(path=str(page.folder / "propagated.png"))
     (lo, hi) = np.array(last["box_ijk"])[:, :2]
     # the mouse put the kidney box where it was aimed (within a voxel), not the decoy's place

@@ -16,6 +16,10 @@ DATA = Path(os.environ.get("SLIDESAM_DATA", ROOT.parent / "shared" / "data"))
 CT = DATA / "ct_abdomen" / "example_ct.nii.gz"
 CT_LABELS = DATA / "ct_abdomen" / "example_seg_fast_force_split.nii.gz"
 
+KIDNEY_LEFT = 3  # TotalSegmentator label of the left kidney in example_seg_fast_force_split
+SLICE = 93  # the prompt slice (k) and the kidney's voxel box on it: i 27..44, j 28..45
+KIDNEY_BOX = ((27, 28, SLICE), (44, 45, SLICE))
+TIMINGS = {}  # measured by the tests, written to timings.json in the page's temp folder
 WAIT_MS = 600_000  # a propagation on a loaded 2-core CI machine: minutes; the wait ends as soon as the page says so
 
 
@@ -103,10 +107,51 @@ class WebPage:
         self.click_at(x1, y1)
         self.wait_for("(p => !p.placing && p.box_mm.filter(v => v > 0).length >= 2)(JSON.parse(document.querySelector('#slidesam-prompt-json').textContent))", 120_000)
 
-    def run(self, button_id: str) -> dict:
-        """Click Propagate / Restart and wait until the page reports the run written (a new run summary) or an error."""
+    def place_points(self, button_id: str, points_ijk, name: str = "Red") -> None:
+        """Include / Exclude button, then one click per point on the slice view."""
+        kind = "include" if "include" in button_id else "exclude"
+        count = self.json("slidesam-prompt-json")[kind]
+        self.page.click(f"#{button_id}")
+        self.wait_for("JSON.parse(document.querySelector('#slidesam-prompt-json').textContent).placing", 60_000)
+        for n, ijk in enumerate(points_ijk, start=count + 1):
+            self.click_at(*self.page_xy(ijk, name))
+            self.wait_for(f"JSON.parse(document.querySelector('#slidesam-prompt-json').textContent).{kind} >= {n}", 60_000)
+
+    def clear_prompts(self) -> None:
+        self.page.click("#slidesam-clear")
+        self.wait_for("(p => !p.box_mm[0] && !p.include && !p.exclude)(JSON.parse(document.querySelector('#slidesam-prompt-json').textContent))", 60_000)
+
+    def add_segment(self) -> str:
+        """The segment editor's + button: a new empty segment, the active one (the next run writes into it); its name."""
+        before = self.text("slidesam-segment")
+        self.page.locator("nav button:has(i.mdi-plus)").last.click()
+        self.wait_for(f"document.querySelector('#slidesam-segment').textContent.trim() !== {json.dumps(before)}", 60_000)
+        return self.text("slidesam-segment").removeprefix("into segment:").strip()
+
+    def set_range(self, first=None, last=None) -> None:
+        """Tick 'Only slices' and type the range with the keyboard; None: untick (the whole volume)."""
+        box = self.page.locator("#slidesam-range-on")
+        if box.is_checked() != (first is not None):
+            box.click()
+        if first is None:
+            return
+        for end, value in (("from", first), ("to", last)):
+            self.page.click(f"#slidesam-range-{end}")
+            self.page.keyboard.press("Control+A")
+            self.page.keyboard.type(str(value))
+        self.page.keyboard.press("Tab")
+
+    def progress(self) -> float:
+        return float(self.page.get_attribute("#slidesam-progress", "aria-valuenow") or 0)
+
+    def start(self, button_id: str) -> str:
+        """Click Propagate / Restart; returns the run summary before it (for `finish`)."""
         before = self.page.text_content("#slidesam-last")
         self.page.click(f"#{button_id}")
+        return before
+
+    def finish(self, before: str) -> dict:
+        """Wait until the page reports the run written (a new run summary) or an error; the summary."""
         self.wait_for(
             f"document.querySelector('#slidesam-error').textContent.trim() || "
             f"document.querySelector('#slidesam-last').textContent !== {json.dumps(before)}"
@@ -115,9 +160,47 @@ class WebPage:
         assert not error, f"the page reported: {error}"
         return self.json("slidesam-last")
 
+    def run(self, button_id: str) -> dict:
+        """Click Propagate / Restart and wait until the page reports the run written (a new run summary) or an error."""
+        return self.finish(self.start(button_id))
+
+    def segments(self, folder) -> dict:
+        """Every segment of the page's .seg.nrrd download, on example_ct's grid: {name: (k, j, i) uint8}."""
+        return segments_on_ct_grid(self.download("slidesam-save-seg", folder))
+
     def download(self, button_id: str, folder) -> str:
         with self.page.expect_download(timeout=120_000) as info:
             self.page.click(f"#{button_id}")
         path = folder / info.value.suggested_filename
         info.value.save_as(path)
         return path
+
+
+def read_ct():
+    import SimpleITK as sitk
+
+    return sitk.ReadImage(str(CT))
+
+
+def seg_nrrd_on_ct_grid(path: Path, segment_name: str) -> np.ndarray:
+    """A segment of a .seg.nrrd (read by slicerio), resampled onto example_ct's grid: (k, j, i) uint8."""
+    return segments_on_ct_grid(path)[segment_name]
+
+
+def segments_on_ct_grid(path: Path) -> dict:
+    """Every segment of a .seg.nrrd (read by slicerio), resampled onto example_ct's grid: {name: (k, j, i) uint8}."""
+    import SimpleITK as sitk
+    import slicerio
+
+    segmentation = slicerio.read_segmentation(str(path))
+    ijk_to_lps = np.array(segmentation["ijkToLPS"], dtype=float)
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    ct, out = read_ct(), {}
+    for segment in segmentation["segments"]:
+        mask = slicerio.segment_mask(segmentation, segment).astype(np.uint8)  # (i, j, k) in slicerio's order
+        image = sitk.GetImageFromArray(np.ascontiguousarray(mask.transpose(2, 1, 0)))
+        image.SetSpacing(spacing.tolist())
+        image.SetOrigin(ijk_to_lps[:3, 3].tolist())
+        image.SetDirection((ijk_to_lps[:3, :3] / spacing).ravel().tolist())
+        out[segment["name"]] = sitk.GetArrayFromImage(sitk.Resample(image, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    return out
