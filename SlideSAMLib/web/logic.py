@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SlideSAMError
+from ..stop_reasons import describe_stops
 from .preview import LivePreview
 
 log = logging.getLogger("slidesam.web")
@@ -307,7 +308,8 @@ class SlideSAMWebLogic:
                        shown_while_running=sorted(set(preview.shown)) if preview else [],
                        seconds_first_mask=round(preview.first_shown - started, 3) if preview and preview.first_shown else None)
         self._set(busy=False, progress=100, last=summary,
-                  message=f"{'cancelled: kept' if report.cancelled else 'wrote'} {len(slices)} slices ({span}) into '{name}' in {total:.1f} s")
+                  message=f"{'cancelled: kept' if report.cancelled else 'wrote'} {len(slices)} slices ({span}) into '{name}' in {total:.1f} s"
+                          + ("" if report.cancelled else f"; stopped {describe_stops(report.stopped)}"))
 
     @staticmethod
     def _restore(preview) -> None:

@@ -55,6 +55,7 @@ def test_slice_range_limits_the_run_to_its_slices(page):
     last = page.run("slidesam-propagate")
     assert last["slice_range"] == list(RANGE) and last["segment"] == segment, last
     assert last["stopped"] == {"up": "range-end", "down": "range-end"}, last["stopped"]
+    assert "stopped up (higher slice indices): reached the end of the slice range" in page.text("slidesam-message")  # in words
     after = page.segments(page.folder)
     assert _slices(after[segment]) == list(range(RANGE[0], RANGE[1] + 1))  # every slice of the range, none beyond
     assert SLICE in last["shown_while_running"] and set(last["shown_while_running"]) <= set(range(RANGE[0], RANGE[1] + 1))  # shown as it ran
