@@ -18,7 +18,7 @@ So a click becomes a search over boxes centred on it:
   5. the chosen candidate's bounding box, grown by the propagation's margin, is decoded once more (the
      squares are centred on the click, the structure seldom is).
 
-Chosen on the training volumes only (one click at the deepest point of the largest slice of 56 structures of
+Chosen on the training volumes only (one click at the deepest point of the largest slice of 68 structures of
 the six training folders); figures in benchmarks/RESULTS_clicks.md. A point-trained checkpoint does not need
 this: its decoder takes clicks directly.
 """
@@ -40,10 +40,11 @@ BAND_DISC_MM = 7.0  # radius of the disc around each include click whose intensi
 BAND_QUANTILES = (25.0, 75.0)
 BAND_PAD = 0.5  # the band is the disc's inter-quartile range widened by this share of it on each side
 RING_MM = 3.0  # width of the ring just outside a candidate mask
-# Step 4, a smaller candidate replaces the pick when all four hold. Evidence (RESULTS_clicks.md §2, 2D Dice of the
-# prompt slice on 56 training structures): it changed 2 of them, ct_chest_nodule 0.07 -> 0.66 and example_ct's
-# stomach 0.61 -> 0.88, and none got worse; with EDGE_GAIN 1.0 it changed 10 (5 better, 1 worse). The other three
-# thresholds were flat over the grid (touch 0-0.2, stable 0.8-0.9, IoU 0.6-0.7 changed the same structures).
+# Step 4, a smaller candidate replaces the pick when all four hold. Evidence (benchmarks/RESULTS_clicks.md §2: Dice of
+# the prompt slice on 68 training structures of ct_chest_nodule, mr_breast_lesion, ct_mr_spine, ct_liver_lits,
+# mr_abdomen and example_ct): it changed 2 of them, ct_chest_nodule 0.07 -> 0.66 and example_ct's stomach
+# 0.61 -> 0.88, and none got worse; with EDGE_GAIN 1.0 it changed 7 (3 better, 2 worse), with 2.0 or 3.0 only the
+# nodule. Touch 0-0.2, stable 0.8-0.9 and IoU 0.6-0.7 changed the same structures or a subset of them.
 CONTAINED_MAX = 0.2  # share of its outline within 2 pixels of its box's border (a truncated mask fills the box)
 STABLE_MIN = 0.85  # Dice between its mask and the next larger box's mask
 IOU_MIN = 0.7  # the decoder's IoU estimate

@@ -31,22 +31,24 @@ def _click(session, label):
 
 
 def test_one_click_on_a_lung_nodule_segments_the_nodule(nodule):
-    """ct_chest_nodule (training), an 837-voxel nodule. Before step 4 this click returned 58,147 voxels (Dice 0.017,
-    issue 12): the 7 mm intensity disc around the click is mostly lung, so the fit preferred a huge region.
+    """ct_chest_nodule (training), an 837-voxel nodule. Before step 4 this test failed: the click
+    returned 120,975 voxels (main's clicks.py, 2026-12-02; the issue measured 58,147, Dice 0.017): the 7 mm intensity
+    disc around the click is mostly lung, so the fit preferred a huge region.
     Measured now: 387 voxels, Dice 0.632 (one tight box: 0.574)."""
     session, label = nodule
     result, (x, y, k) = _click(session, label)
     mask = result.volume_mask().astype(bool)
     assert result.prompt == "click-search" and result.slice_masks[k][y, x]
     assert label.sum() / 3 <= mask.sum() <= 3 * label.sum()  # within 3x of the reference's size
-    assert dice(mask, label) >= 0.5
+    assert dice(mask, label) >= 0.5, dice(mask, label)
 
 
 def test_one_click_on_the_liver_keeps_its_floor(ct_session, ct_labels):
     """A large organ of example_ct (training): step 4 must not shrink it to a vessel or a piece. Measured 0.859 before
-    step 4 (benchmarks/RESULTS.md §1c) and 0.859 with it (benchmarks/RESULTS_clicks.md)."""
+    step 4 (benchmarks/RESULTS.md §1c)."""
     label = ct_labels == ORGANS["liver"]
     result, (x, y, k) = _click(ct_session, label)
+    mask = result.volume_mask().astype(bool)
     assert result.slice_masks[k][y, x]
-    assert dice(result.volume_mask().astype(bool), label) >= 0.82
-    assert np.count_nonzero(result.volume_mask()) >= 0.8 * label.sum()
+    assert dice(mask, label) >= 0.82, dice(mask, label)
+    assert mask.sum() >= 0.8 * label.sum()
