@@ -43,8 +43,8 @@ RING_MM = 3.0  # width of the ring just outside a candidate mask
 # Step 4, a smaller candidate replaces the pick when all four hold. Evidence (benchmarks/RESULTS_clicks.md §2: Dice of
 # the prompt slice on 68 training structures of ct_chest_nodule, mr_breast_lesion, ct_mr_spine, ct_liver_lits,
 # mr_abdomen and example_ct): it changed 2 of them, ct_chest_nodule 0.07 -> 0.66 and example_ct's stomach
-# 0.61 -> 0.88, and none got worse; with EDGE_GAIN 1.0 it changed 7 (3 better, 2 worse), with 2.0 or 3.0 only the
-# nodule. Touch 0-0.2, stable 0.8-0.9 and IoU 0.6-0.7 changed the same structures or a subset of them.
+# 0.61 -> 0.88, and none got worse; with EDGE_GAIN 1.0 it changed 7 (3 better, 2 worse), with 2.0 or 3.0 one (better).
+# Touch 0-0.2, stable 0.8-0.9, IoU 0.6-0.7 (edge 1.5) changed 1 or 2 structures, none for the worse.
 CONTAINED_MAX = 0.2  # share of its outline within 2 pixels of its box's border (a truncated mask fills the box)
 STABLE_MIN = 0.85  # Dice between its mask and the next larger box's mask
 IOU_MIN = 0.7  # the decoder's IoU estimate
