@@ -224,7 +224,9 @@ def evaluate_structure(model: SlideSAMModel, case: Case, value: int, jitter: int
 
 def evaluate(model: SlideSAMModel, cases: Sequence[Case], jitter: int = 2, with_efficiency: bool = True,
              seed: int = 0, progress: Optional[Callable[[str], None]] = None, figures: Optional[Callable] = None,
-             with_anchors: bool = True, with_interactive: bool = True) -> dict:
+             with_anchors: bool = True, with_interactive: bool = True, partial: Optional[Callable[[dict], None]] = None) -> dict:
+    """`partial(report)`: called after each structure with the report so far ("complete": false), so that a run
+    stopped early keeps what it finished."""
     t0 = time.perf_counter()
     results = []
     from ..session import Session
@@ -242,9 +244,15 @@ def evaluate(model: SlideSAMModel, cases: Sequence[Case], jitter: int = 2, with_
             results.append(res)
             if figures:
                 figures(case, res, fig)
+            if partial:
+                partial(_report(model, cases, results, t0, complete=False))
+    return _report(model, cases, results, t0, complete=True)
+
+
+def _report(model: SlideSAMModel, cases: Sequence[Case], results: List[dict], t0: float, complete: bool) -> dict:
     return {"model": model.source, "model_kind": model.kind, "supports_points": model.supports_points,
             "cases": [{"name": c.name, **c.files, "spacing": list(c.spacing), "size_xyz": list(c.image.GetSize())} for c in cases],
-            "results": results, "summary": summarise(results), "seconds": round(time.perf_counter() - t0, 1)}
+            "results": results, "summary": summarise(results), "seconds": round(time.perf_counter() - t0, 1), "complete": complete}
 
 
 def click_vs_box(result: dict) -> Optional[float]:
