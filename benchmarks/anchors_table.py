@@ -12,11 +12,13 @@ from SlideSAMLib.evaluation.report import anchor_lines  # noqa: E402
 
 
 def main(folders):
-    results, seconds = [], 0.0
+    results, seconds, partial = [], 0.0, []
     for f in folders:
         report = json.loads((Path(f) / "eval.json").read_text())
         results += report["results"]
         seconds += report["seconds"]
+        if report.get("complete") is False:  # a run stopped early: its eval.json holds the structures it finished
+            partial.append(f"{Path(f).name} ({len(report['results'])} structures finished)")
     merged = {"results": results, "summary": summarise(results)}
     print("\n".join(anchor_lines(merged)[2:]))
     s = merged["summary"]
@@ -24,6 +26,8 @@ def main(folders):
     if click:
         print(f"\nOne include click (3D Dice, mean over {len(click)}): {sum(click) / len(click):.3f}; "
               f"click / box, mean ratio: {s.get('point_vs_box_mean', float('nan')):.3f}; eval time {seconds:.0f} s in all.")
+    if partial:
+        print(f"\nStopped before the end: {', '.join(partial)}.")
 
 
 if __name__ == "__main__":
