@@ -2,7 +2,7 @@
 
 The model: an adapter written by the project's own `slidesam train --point-fraction 1` (two steps on mr_abdomen's
 spleen, a training volume) on the embedded LiteMedSAM weights. Its loader reads `point_trained: true` from the
-adapter's manifest and declares `supports_points`; no point-trained SAM checkpoint is available offline. Two
+adapter's manifest and declares `supports_points` (the test machine holds no SAM or Slide-SAM file, only LiteMedSAM's). Two
 steps teach the decoder little about clicks, so this tests the mechanism (the clicks reach the decoder, the
 corrected slice is the decoder's answer, nothing is re-encoded, propagation runs both ways from the slice),
 not how well a point-trained decoder follows them.
