@@ -1,6 +1,7 @@
 """Merge the eval.json files of benchmarks/eval_anchors.sh into one anchors table (Markdown on stdout).
 
     python benchmarks/anchors_table.py OUT/evaluation_only_part1 OUT/... > table.md
+    python benchmarks/anchors_table.py --means "NAME=OUT/a,OUT/b" "NAME2=OUT/c" ...   # one row of means per group
 """
 import json
 import sys
@@ -30,5 +31,23 @@ def main(folders):
         print(f"\nStopped before the end: {', '.join(partial)}.")
 
 
+def load(folders):
+    return [r for f in folders for r in json.loads((Path(f) / "eval.json").read_text())["results"]]
+
+
+def means(groups):
+    """One row per NAME=FOLDER,FOLDER group: structures, mean Dice of engine box / click / chain / oracle, issue-12 counts."""
+    print("| group | structures | engine box | engine click | chain | oracle | mean engine / mean oracle | engine < 0.9 × oracle | chain > engine + 0.02 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for group in groups:
+        name, folders = group.split("=", 1)
+        results = load(folders.split(","))
+        a = summarise(results)["anchors"]
+        click = [r["runs"]["point"]["dice"] for r in results if "point" in r["runs"]]
+        print(f"| {name} | {a['structures']} | {a['mean_dice_engine']:.3f} | {sum(click) / len(click):.3f} | {a['mean_dice_chain']:.3f} | "
+              f"{a['mean_dice_oracle']:.3f} | {a['mean_engine_over_mean_oracle']:.3f} | {a['engine_below_0.9_oracle']} | "
+              f"{a['chain_better_by_more_than_0.02']} |")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    means(sys.argv[2:]) if sys.argv[1:2] == ["--means"] else main(sys.argv[1:])
