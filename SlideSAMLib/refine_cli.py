@@ -66,6 +66,9 @@ def run(args) -> int:
     value = args.label if args.label is not None else int(np.bincount(labels[segment]).argmax())
     axis = "ijk".index(args.axis)
     inplane = [a for a in (0, 1, 2) if a != axis]
+    stack = np.moveaxis(segment, 2 - axis, 0)  # (slices along the axis, rows, cols), as the engine's stack
+    if not 0 <= args.slice_index < stack.shape[0]:
+        raise InputError(f"--slice {args.slice_index} is outside 0..{stack.shape[0] - 1} along {args.axis}: give a slice of the volume")
 
     def lift(x, y):
         v = [0.0, 0.0, 0.0]
@@ -77,9 +80,6 @@ def run(args) -> int:
 
     model = load_model(args.checkpoint, device=args.device, encoder=args.encoder)
     session = Session(model, array_of(image), modality=args.modality, spacing=image.GetSpacing())
-    stack = np.moveaxis(segment, 2 - axis, 0)  # (slices along the axis, rows, cols), as the engine's stack
-    if not 0 <= args.slice_index < stack.shape[0]:
-        raise InputError(f"slice {args.slice_index} is outside 0..{stack.shape[0] - 1} along {args.axis}")
     res = session.refine(args.slice_index, points, stack[args.slice_index], axis=axis, slice_range=args.slice_range,
                          largest_area=int(stack.reshape(stack.shape[0], -1).sum(axis=1).max()))
     lo, hi = args.slice_range if args.slice_range else (0, stack.shape[0] - 1)

@@ -4,7 +4,8 @@
 # ../shared/data:   benchmarks/eval_anchors.sh OUT evaluation_only|training|training_main [extra eval options]
 # training_main: the training folders' main structures only (the 17 example_ct ones of RESULTS.md §1c, the
 # vertebrae of ct_mr_spine) — for a machine too loaded for every structure.
-# One box and one click per structure; no jitter, no correction loop, no figures.
+# One box and one click per structure; no jitter, no correction loop, no figures. Each eval rewrites its eval.json
+# after every structure ("complete": false until it ends), so a stopped run keeps what it finished.
 set -e
 OUT=${1:?output folder}; PART=${2:?evaluation_only or training}; shift 2
 D=../shared/data

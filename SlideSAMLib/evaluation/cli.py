@@ -64,7 +64,8 @@ def run(args) -> int:
         figs = lambda case, res, data: figure(case, res, data, out / f"{safe_name(case.name)}_{safe_name(res['structure'])}.png")
     report = evaluate(model, cases, jitter=args.jitter, with_efficiency=not args.no_efficiency,
                       seed=args.seed, progress=lambda m: print(f"evaluating {m}", file=sys.stderr), figures=figs,
-                      with_anchors=not args.no_anchors, with_interactive=not args.no_interactive)
+                      with_anchors=not args.no_anchors, with_interactive=not args.no_interactive,
+                      partial=lambda so_far: write_json(so_far, out / "eval.json"))  # a stopped run keeps its finished structures
     write_json(report, out / "eval.json")
     write_markdown(report, out / "eval.md")
     s = report["summary"]

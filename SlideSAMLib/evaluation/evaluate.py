@@ -183,7 +183,7 @@ def evaluate_structure(model: SlideSAMModel, case: Case, value: int, jitter: int
     run, figure["point_pred"] = _run(session, truth, case.spacing, points=[((click[0], click[1], k0), True)])
     run["click_prompt"] = "decoder" if model.supports_points else "box search"
     out["runs"]["point"] = run
-    out["point_vs_box"] = round(run["dice"] / max(out["runs"]["box"]["dice"], 1e-6), 3)
+    out["point_vs_box"] = click_vs_box(out)
     oracle_pred = None
     if with_anchors:
         out["anchors"], oracle_pred = anchor_runs(session, truth, case.spacing, k0, box2d)
@@ -200,7 +200,9 @@ def evaluate_structure(model: SlideSAMModel, case: Case, value: int, jitter: int
 
 def evaluate(model: SlideSAMModel, cases: Sequence[Case], jitter: int = 2, with_efficiency: bool = True,
              seed: int = 0, progress: Optional[Callable[[str], None]] = None, figures: Optional[Callable] = None,
-             with_anchors: bool = True, with_interactive: bool = True) -> dict:
+             with_anchors: bool = True, with_interactive: bool = True, partial: Optional[Callable[[dict], None]] = None) -> dict:
+    """`partial(report)`: called after each structure with the report so far ("complete": false), so that a run
+    stopped early keeps what it finished."""
     t0 = time.perf_counter()
     results = []
     from ..session import Session
@@ -218,9 +220,23 @@ def evaluate(model: SlideSAMModel, cases: Sequence[Case], jitter: int = 2, with_
             results.append(res)
             if figures:
                 figures(case, res, fig)
+            if partial:
+                partial(_report(model, cases, results, t0, complete=False))
+    return _report(model, cases, results, t0, complete=True)
+
+
+def _report(model: SlideSAMModel, cases: Sequence[Case], results: List[dict], t0: float, complete: bool) -> dict:
     return {"model": model.source, "model_kind": model.kind, "supports_points": model.supports_points,
             "cases": [{"name": c.name, **c.files, "spacing": list(c.spacing), "size_xyz": list(c.image.GetSize())} for c in cases],
-            "results": results, "summary": summarise(results), "seconds": round(time.perf_counter() - t0, 1)}
+            "results": results, "summary": summarise(results), "seconds": round(time.perf_counter() - t0, 1), "complete": complete}
+
+
+def click_vs_box(result: dict) -> Optional[float]:
+    """One click's 3D Dice over one box's; None without a click run, or when the box found nothing (undefined)."""
+    runs = result["runs"]
+    if "point" not in runs or runs["box"]["dice"] <= 0:
+        return None
+    return round(runs["point"]["dice"] / runs["box"]["dice"], 3)
 
 
 def summarise(results: List[dict]) -> dict:
@@ -250,7 +266,7 @@ def summarise(results: List[dict]) -> dict:
             "mean_dice_auc": round(float(np.mean([i["dice_auc"] for i in inter])), 4),
             "mean_surface_dice_auc": round(float(np.mean([i["surface_dice_auc"] for i in inter])), 4),
         }
-    ratios = [r["point_vs_box"] for r in results if "point_vs_box" in r]
+    ratios = [v for v in map(click_vs_box, results) if v is not None]
     if ratios:
         out["point_vs_box_mean"] = round(float(np.mean(ratios)), 3)
     return out

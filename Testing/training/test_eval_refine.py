@@ -92,6 +92,9 @@ def test_eval_json_holds_the_interactive_protocol_curve(data_dir, tmp_path, caps
     dice = [c["dice"] for c in curve[1:]]
     assert it["dice_auc"] == round(sum((a + b) / 2 for a, b in zip(dice[:-1], dice[1:])), 4)
     assert it["dice_final"] == curve[-1]["dice"]
+    # The first click goes on the box result's worst slice (lowest 2D Dice), and the clicks changed the result.
+    assert res["slice_dice"][str(curve[1]["click"]["slice"])] == min(res["slice_dice"].values())
+    assert len({c["dice"] for c in curve}) > 1 and it["dice_auc"] > 0
     assert res["encoder_passes_total"] <= 20  # 20 slices: no window encoded twice (the refinements encoded 4 new ones)
     assert report["summary"]["interactive"]["mean_dice_curve"] == [c["dice"] for c in curve]
     assert "Interactive protocol (CVPR 2025)" in (out / "eval.md").read_text()
