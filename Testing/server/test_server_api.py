@@ -121,7 +121,7 @@ def test_connection_refused_is_one_clear_line():
 def test_remote_bind_needs_a_key_or_the_flag():
     class Args:
         host, port, session_ttl, cache_mb, max_upload_mb, max_sessions, threads = "0.0.0.0", 8765, 60.0, 10.0, 10.0, 4, None
-        allow_remote_without_key = False
+        allow_remote_without_key, parent_pid = False, None
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
     with pytest.raises(InputError, match="--allow-remote-without-key"):
