@@ -30,6 +30,7 @@ import torch
 from scipy import ndimage
 
 from .errors import InputError
+from .evaluation.metrics import dice  # the package's one Dice
 from .predictor import WindowPrediction, WindowPredictor
 from .propagation import BOX_MARGIN_MODEL_PX, grown_box, slice_pixels
 
@@ -104,7 +105,7 @@ class ClickSearch:
             if candidates[i] is None or candidates[i + 1] is None:
                 continue
             box, pred, part = candidates[i]
-            if (_on_border(part, box) <= CONTAINED_MAX and _dice(part, candidates[i + 1][2]) >= STABLE_MIN
+            if (_on_border(part, box) <= CONTAINED_MAX and dice(part, candidates[i + 1][2]) >= STABLE_MIN
                     and pred.iou >= IOU_MIN and _edge(part, gradient) >= EDGE_GAIN * pick_edge):
                 return i
         return pick
@@ -138,10 +139,6 @@ class ClickSearch:
         if not ring.any():  # the mask fills the slice
             return 0.0
         return float(in_band[mask].mean() * (1.0 - in_band[ring].mean()))
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

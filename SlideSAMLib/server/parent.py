@@ -7,6 +7,7 @@ behind holding memory and a port.  Standard library only.
 import logging
 import os
 import threading
+import time
 from typing import Callable
 
 _log = logging.getLogger("slidesam.server")
@@ -46,8 +47,8 @@ def watch_parent(pid: int, on_gone: Callable[[], None], poll_s: float = POLL_S) 
         return not process_alive(pid) or (was_parent and os.getppid() != pid)
 
     def loop() -> None:
-        stop = threading.Event()
-        while not stop.wait(poll_s):
+        while True:
+            time.sleep(poll_s)
             if gone():
                 _log.warning("slidesam serve: the process that started it (PID %d) has ended: stopping", pid)
                 on_gone()
