@@ -32,7 +32,9 @@ def main(argv=None) -> int:
     from SlideSAMLib import load_model
     from SlideSAMLib.evaluation.evaluate import MIN_AREA, _box3, _run, evaluate_structure, load_case
     from SlideSAMLib.training.prompts import tight_box
+    from SlideSAMLib.training.dataset import read_label_names
     from SlideSAMLib.session import Session
+    from SlideSAMLib.structures import check_structure_names, parse_structures
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--adapter", action="append", required=True)
@@ -42,6 +44,10 @@ def main(argv=None) -> int:
     ap.add_argument("--structures", default=None)
     ap.add_argument("-o", "--out", required=True)
     args = ap.parse_args(argv)
+    wanted = parse_structures(args.structures)
+    if wanted:  # the same one-line check as `slidesam eval`, before any model work
+        check_structure_names(wanted, [read_label_names(spec[2]) for spec in args.case if len(spec) > 2],
+                              map_hint="give NAMES.json as --case's third value")
     variants = []
     for folder in args.adapter:
         manifest = json.loads((Path(folder) / "slidesam_adapter.json").read_text())
@@ -62,7 +68,6 @@ def main(argv=None) -> int:
                 own[k].copy_(v)
         model.trained_neighbours = trained  # the capability the adapter's manifest declares
 
-    wanted = [s for s in args.structures.split(",")] if args.structures else None
     rows, t0 = [], time.perf_counter()
     for spec in args.case:
         case = load_case(spec[0], spec[1], spec[2] if len(spec) > 2 else None, wanted)
@@ -97,4 +102,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from SlideSAMLib.errors import InputError
+
+    try:
+        sys.exit(main())
+    except InputError as e:  # bad arguments: one line, no traceback
+        sys.exit(f"compare_neighbours: {e}")
