@@ -7,6 +7,7 @@
 Requests (voxel IJK prompts, as `Session.segment` / `Session.restart` take them):
   SegmentRequest  box, points, axis, direction, slice_range
   RestartRequest  mask (a 2D slice, packed as wire.encode_mask2d), slice_index, axis, direction, slice_range, largest_area
+  RefineRequest   mask (the slice's current mask), slice_index, points (include / exclude clicks on it), axis, slice_range, largest_area
   CancelRequest   job
   closing a session has no body: `close()` on the session (DELETE /sessions/{id} on a server)
 Result: slices and their masks, per-slice info, stop reasons, prompt kind, cancelled, seconds, encoder passes.
@@ -164,7 +165,46 @@ class CancelRequest:
     job: Optional[str] = None  # default: every running job of the session
 
 
-Request = Union[SegmentRequest, RestartRequest]
+@dataclass
+class RefineRequest:
+    """Correct slice `slice_index` of a propagated result with include / exclude clicks, then propagate from it both ways.
+
+    `mask`: the result's current mask of that slice; the clicks' checks (at least one, on that slice, inside the
+    volume) are `Session.refine`'s; the caller replaces `slice_range` (default: the whole axis) with the result."""
+
+    __pydantic_config__ = _STRICT
+    mask: Mask2D
+    slice_index: int
+    points: List[PointPrompt]
+    axis: int = 2
+    slice_range: Optional[Tuple[int, int]] = None
+    largest_area: Optional[int] = None  # as RestartRequest's
+
+    def __post_init__(self):
+        if len(self.points) > MAX_POINTS:
+            raise InputError(f"{len(self.points)} refinement clicks: at most {MAX_POINTS} per request")
+        if self.largest_area is not None and self.largest_area < 0:
+            raise InputError(f"largest_area {self.largest_area} is not a pixel count (>= 0)")
+        self.axis = _axis(self.axis, optional=False)
+        self.slice_range = _range(self.slice_range)
+
+    @classmethod
+    def of(cls, slice_mask, slice_index, points, axis=2, slice_range=None, largest_area=None) -> "RefineRequest":
+        """From Python values: points = [((i, j, k), include), ...] in voxel IJK."""
+        return cls(mask=Mask2D.of(slice_mask), slice_index=int(slice_index), points=[PointPrompt(_ijk(p, "click"), bool(inc)) for p, inc in points],
+                   axis=axis, slice_range=slice_range, largest_area=None if largest_area is None else int(largest_area))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def session_args(self, max_pixels: int) -> Tuple[tuple, dict]:
+        """(args, kwargs) of `Session.refine`; the mask is unpacked here, never larger than `max_pixels`."""
+        return (self.slice_index, [(p.ijk, p.include) for p in self.points], self.mask.decode(max_pixels)), {
+            "axis": self.axis, "slice_range": self.slice_range, "largest_area": self.largest_area}
+
+
+Request = Union[SegmentRequest, RestartRequest, RefineRequest]
+ROUTES = {SegmentRequest: "segment", RestartRequest: "restart", RefineRequest: "refine"}  # the server's POST /sessions/{id}/<route> of each request
 
 
 class SliceRecord(dict):
@@ -227,9 +267,15 @@ class Result(MaskResultMixin):
         )
 
 
+def largest_slice_pixels(shape_kji) -> int:
+    """Pixels of the volume's largest slice along any axis: no 2D mask of a request may be larger."""
+    nk, nj, ni = (int(v) for v in shape_kji)
+    return max(nj * ni, nk * ni, nk * nj)
+
+
 class ContractSession:
     """What every engine session offers: `run(request, progress, cancel) -> Result`, `close()`, and
-    `segment` / `restart` with `Session`'s keyword arguments (voxel IJK prompts), built on `run`."""
+    `segment` / `restart` / `refine` with `Session`'s arguments (voxel IJK prompts), built on `run`."""
 
     def run(self, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
             slice_done: Optional[SliceDoneFn] = None) -> Result:
@@ -244,6 +290,9 @@ class ContractSession:
     def restart(self, slice_mask, slice_index, axis=2, direction="up", slice_range=None, progress=None, cancel=None, largest_area=None) -> Result:
         return self.run(RestartRequest.of(slice_mask, slice_index, axis, direction, slice_range, largest_area), progress, cancel)
 
+    def refine(self, slice_index, points, slice_mask, axis=2, slice_range=None, largest_area=None, progress=None, cancel=None) -> Result:
+        """As `Session.refine` (same argument order): clicks on a propagated slice, then propagation from it both ways."""
+        return self.run(RefineRequest.of(slice_mask, slice_index, points, axis, slice_range, largest_area), progress, cancel)
 
 
 class InProcessSession(ContractSession):
@@ -256,8 +305,11 @@ class InProcessSession(ContractSession):
             slice_done: Optional[SliceDoneFn] = None) -> Result:
         if isinstance(request, SegmentRequest):
             result = self.session.segment(progress=progress, cancel=cancel, slice_done=slice_done, **request.session_kwargs())
+        elif isinstance(request, RefineRequest):  # Session.refine takes no slice_done: its slices come with the result
+            args, kwargs = request.session_args(largest_slice_pixels(self.session.volume.shape))
+            result = self.session.refine(*args, progress=progress, cancel=cancel, **kwargs)
         else:
-            args, kwargs = request.session_args(int(np.prod(sorted(self.session.volume.shape)[1:])))
+            args, kwargs = request.session_args(largest_slice_pixels(self.session.volume.shape))
             result = self.session.restart(*args, progress=progress, cancel=cancel, slice_done=slice_done, **kwargs)
         return Result.of(result, self.model)
 
