@@ -10,12 +10,11 @@ import types
 import numpy as np
 import pytest
 import slicer
-from scipy import ndimage
 
 import SlideSAM
 from SlideSAMLib.errors import InputError
 from SlideSAMSlicer.writer import read_segment
-from slicer_data import lps_to_ras
+from slicer_data import lps_to_ras, refinement_clicks
 
 
 def ras(ct, i, j, k):
@@ -48,12 +47,8 @@ def run(mrml, ct, window, logic):
     slicer.util.updateSegmentBinaryLabelmapFromArray(block, seg, other, ct.node)
     report = logic.segment(ct.node, seg, "kidney", box=ct.box_ras, sliceRange=window)
     k = ct.k + 1
-    mask, truth = read_segment(seg, report.segmentId, ct.node)[k] > 0, ct.reference[k] > 0
-    outside = ndimage.distance_transform_edt(~truth) * (mask & ~truth)
-    ey, ex = np.unravel_index(outside.argmax(), mask.shape)
-    iy, ix = np.unravel_index(ndimage.distance_transform_edt(truth).argmax(), mask.shape)
-    assert outside.max() > 0 and mask[ey, ex] and mask[iy, ix]  # both clicks on the propagated mask
-    return types.SimpleNamespace(seg=seg, sid=report.segmentId, other=other, block=block, k=k, exclude=(ex, ey), include=(ix, iy))
+    exclude, include = refinement_clicks(read_segment(seg, report.segmentId, ct.node)[k] > 0, ct.reference[k] > 0)
+    return types.SimpleNamespace(seg=seg, sid=report.segmentId, other=other, block=block, k=k, exclude=exclude, include=include)
 
 
 def test_refine_changes_the_clicked_slice_as_asked_and_undo_restores(mrml, ct, window, logic, run):
