@@ -265,9 +265,9 @@ class Chain:
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
 SliceDoneFn = Callable[[int, np.ndarray], None]  # (slice index, bool mask): a slice as propagation accepts it, while it runs
-# (slice index, the window's constrained mask) -> a reason to end that side at this slice and keep the caller's own
-# masks from it on ("agrees", "departs": Session.refine with `current`), or None; asked before the stop rule's verdict.
-StopAtFn = Callable[[int, np.ndarray], Optional[str]]
+# (slice index, the window's constrained mask, the stop rule's verdict or None) -> a reason to end that side at this
+# slice and keep the caller's own masks from it on ("agrees", "departs": Session.refine with `current`), or None.
+StopAtFn = Callable[[int, np.ndarray, Optional[str]], Optional[str]]
 
 
 class Propagator:
@@ -380,7 +380,7 @@ class Propagator:
                 return "vanished"
             self._done += 1
             res.info.append(info)
-            keep = self._stop_at(c, centre) if self._stop_at is not None else None
+            keep = self._stop_at(c, centre, info.reason) if self._stop_at is not None else None
             if info.accepted:
                 self._add(pred, lo, hi)  # an accepted window adds its prediction of the slice before it, even when it ends the side
             if keep is not None:  # not written: the caller keeps its own mask of c onwards
@@ -411,8 +411,9 @@ class Propagator:
     ) -> PropagationResult:
         """Propagate from `start` (already predicted as `first`) in each of `directions` (+1, -1) within [lo, hi].
 
-        `stop_at(c, mask)`: asked for each scored slice before the stop rule; a reason ends that side there with
-        that reason, slice c left out of the result (no window past it is encoded or decoded)."""
+        `stop_at(c, mask, verdict)`: asked for each scored slice with the stop rule's verdict; a reason overrides it,
+        ends that side there with that reason and leaves slice c out of the result (no window past it is encoded
+        or decoded)."""
         t0 = time.perf_counter()
         self._stop_at = stop_at
         passes0 = self.p.encoder_passes
