@@ -201,9 +201,11 @@ class SlideSAMClient:
         """As `Session.restart`: propagate again from a corrected 2D mask, reusing the session's embeddings."""
         return self.run(session_id, RestartRequest.of(slice_mask, slice_index, axis, direction, slice_range, largest_area), progress, cancel)
 
-    def refine(self, session_id: str, slice_index, points, slice_mask, axis=2, slice_range=None, largest_area=None, progress=None, cancel=None) -> Result:
-        """As `Session.refine`: clicks correct a propagated slice, then it propagates both ways, reusing the session's embeddings."""
-        return self.run(session_id, RefineRequest.of(slice_mask, slice_index, points, axis, slice_range, largest_area), progress, cancel)
+    def refine(self, session_id: str, slice_index, points, slice_mask, axis=2, slice_range=None, largest_area=None, progress=None, cancel=None,
+               current=None) -> Result:
+        """As `Session.refine`: clicks correct a propagated slice, then it propagates both ways, reusing the session's embeddings;
+        `result.span`: the slices the caller replaces."""
+        return self.run(session_id, RefineRequest.of(slice_mask, slice_index, points, axis, slice_range, largest_area, current), progress, cancel)
 
     def cancel(self, session_id: str, job: Optional[str] = None) -> List[str]:
         """Stop the session's running job (or all of them) at its next window; returns the jobs told to stop."""

@@ -267,7 +267,9 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
 
     def prepareRefine(self, volumeNode, segmentationNode, segmentId, points=None, excludePoints=None, axis=None, sliceRange=None, editorNode=None):
         """A refine job: include / exclude clicks (RAS) on one slice of the segment's propagated result correct that slice,
-        then propagation runs from it both ways; the job replaces `sliceRange` (default the whole axis) of that segment only.
+        then propagation runs from it both ways, each side until the new masks agree with the segment's (a local refinement:
+        the segment's slices of `sliceRange`, default the whole axis, go with the request). The job replaces only the
+        slices the engine names (the result's span) of that segment.
 
         points: [(ras, isInclude), ...] or a markups point list (selected points include, unselected exclude); excludePoints:
         a point list (or [(ras, _)]) of exclude clicks. axis: as in segment(); default the axis of this segment's last run, else K."""
@@ -287,17 +289,11 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         if not 0 <= index < n:
             raise InputError(f"the refinement clicks are on slice {index}, outside the volume (0..{n - 1} along {geometry.AXIS_NAMES[ax]}): click on the image")
         coords[:, ax] = index  # on the slice exactly (they were within half a voxel of it)
-        request = RefineRequest.of(stack[index].astype(bool), index, [(tuple(c), inc) for c, (_, inc) in zip(coords, clicks)], ax, sliceRange, largest)
+        lo, hi = sorted(int(v) for v in sliceRange) if sliceRange is not None else (0, n - 1)
+        current = {s: stack[s] > 0 for s in range(max(lo, 0), min(hi, n - 1) + 1) if s != index and stack[s].any()}  # a local refinement
+        request = RefineRequest.of(stack[index].astype(bool), index, [(tuple(c), inc) for c, (_, inc) in zip(coords, clicks)], ax, sliceRange, largest, current)
         return PropagationJob("refine", volumeNode, segmentationNode, segmentId, ax, ("both",), request.slice_range, [request], editor_node=editorNode,
                               corrected_index=index, get_session=self._sessionGetter(volumeNode))
-
-    @staticmethod
-    def _refinedSlices(job, result, n):
-        """The slices a refine replaces: the job's slice range (Session.refine's contract), or only those it reached when cancelled."""
-        if result.cancelled:
-            return set(result.slices)
-        lo, hi = sorted(job.slice_range) if job.slice_range else (0, n - 1)
-        return set(range(lo, hi + 1))
 
     def _targetSegment(self, segmentationNode, segmentId, volumeNode):
         """(segment ID, created): an existing segment, or a new one named after `segmentId`."""
@@ -330,7 +326,8 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         elif job.kind == "refine":
             if results:
                 masks = dict(results[0].slice_masks)
-                replaced = self._refinedSlices(job, results[0], geometry.dimensions(volumeNode)[axis])
+                first, last = results[0].span  # the engine's answer (session.refine_span): the slices this refine replaces
+                replaced = set(range(first, last + 1))
         else:
             n = geometry.dimensions(volumeNode)[axis]
             lo, hi = sorted(job.slice_range) if job.slice_range else (0, n - 1)
@@ -397,8 +394,9 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
     def refine(self, volumeNode, segmentationNode, segmentId, points=None, excludePoints=None, axis=None, sliceRange=None,
                progress=None, cancel=None, editorNode=None):
         """Correct one slice of the segment's propagated result with include / exclude clicks (RAS, all on that slice), then
-        propagate from it both ways, reusing the volume's embeddings. Replaces `sliceRange` (default the whole axis) of this
-        segment only, as one undo step. points / excludePoints / axis: as in prepareRefine()."""
+        propagate from it both ways until the new masks agree with the segment's, reusing the volume's embeddings. Replaces
+        the slices the engine names (within `sliceRange`, default the whole axis) of this segment only, as one undo step.
+        points / excludePoints / axis: as in prepareRefine()."""
         job = self.prepareRefine(volumeNode, segmentationNode, segmentId, points, excludePoints, axis, sliceRange, editorNode)
         if not self.ensureDependencies():
             raise InputError("SlideSAM's engine packages are not installed: accept the installation, or install them with pip into the engine's Python")

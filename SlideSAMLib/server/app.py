@@ -219,10 +219,9 @@ def create_app(
     @app.post("/sessions/{session_id}/refine", dependencies=key_doc)
     async def refine(session_id: str, body: RefineRequest):
         entry = store.get(session_id)
-        args, kwargs = body.session_args(largest_slice_pixels(entry.session.volume.shape))
 
         def work(progress, cancelled, slice_done):  # Session.refine streams no slices: they come with the result
-            return entry.session.refine(*args, progress=progress, cancel=cancelled, **kwargs)
+            return body.run_on(entry.session, progress, cancelled, model.source)
 
         return await _run_job(store, entry, work, model.source)
 

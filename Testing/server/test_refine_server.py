@@ -50,9 +50,11 @@ def test_refine_through_the_server_equals_the_local_refine(case):
     mask, truth = first.slice_masks[REFINE_K], labels[REFINE_K] == MR_KIDNEY_RIGHT
     clicks = clicks_on(mask, truth, REFINE_K)
     largest = max(int(m.sum()) for m in first.slice_masks.values())
-    remote = client.refine(session_id, REFINE_K, clicks, mask, axis=2, slice_range=RANGE, largest_area=largest)
-    here = local.refine(REFINE_K, clicks, mask, axis=2, slice_range=RANGE, largest_area=largest)
+    current = {s: m for s, m in first.slice_masks.items() if s != REFINE_K}  # a local refinement: the result's other slices go too
+    remote = client.refine(session_id, REFINE_K, clicks, mask, axis=2, slice_range=RANGE, largest_area=largest, current=current)
+    here = local.refine(REFINE_K, clicks, mask, axis=2, slice_range=RANGE, largest_area=largest, current=current)
     assert remote.prompt == here.prompt == "refine"
+    assert remote.span == here.span and here.span[0] <= REFINE_K <= here.span[1]  # the slices to replace, named by the engine
     assert remote.slices == here.slices and REFINE_K in remote.slices
     assert all(np.array_equal(remote.slice_masks[s], here.slice_masks[s]) for s in here.slices)
     assert remote.stopped == here.stopped and [r.as_dict() for r in remote.info] == [i.as_dict() for i in here.info]
@@ -74,6 +76,16 @@ def test_bad_clicks_are_refused_in_one_line(case, clicks, message):
         client.refine(session_id, REFINE_K, clicks, first.slice_masks[REFINE_K], axis=2, slice_range=RANGE)
     assert "\n" not in str(caught.value)
     assert client.session_info(session_id)["running_jobs"] == []
+
+
+def test_without_current_the_span_runs_to_where_the_structure_ends(case):
+    client, session_id, local, first, labels = case
+    mask = first.slice_masks[REFINE_K]
+    clicks = clicks_on(mask, labels[REFINE_K] == MR_KIDNEY_RIGHT, REFINE_K)
+    remote = client.refine(session_id, REFINE_K, clicks, mask, axis=2, slice_range=RANGE)
+    here = local.refine(REFINE_K, clicks, mask, axis=2, slice_range=RANGE)
+    assert remote.span == here.span and remote.stopped == here.stopped and remote.slices == here.slices
+    assert all(np.array_equal(remote.slice_masks[s], here.slice_masks[s]) for s in here.slices)
 
 
 def test_a_malformed_request_is_refused_before_it_is_sent():

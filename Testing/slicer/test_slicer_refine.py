@@ -62,10 +62,17 @@ def test_refine_changes_the_clicked_slice_as_asked_and_undo_restores(mrml, ct, w
     assert not np.array_equal(after[k], before[k]) and k in report.changedSlices
     assert report.encoderPasses == 0 and report.prompt == "refine"  # every window was encoded by the first run
     assert report.axis == 2 and set(report.slices) <= set(range(window[0], window[1] + 1))
-    # the engine's own refine of the same slice, mask and clicks (voxel IJK) is what was written
+    # the engine's own local refine of the same slice, mask, clicks (voxel IJK) and current masks is what was written
+    current = {s: before[s] > 0 for s in range(window[0], window[1] + 1) if s != k and before[s].any()}
     engine = logic.session(ct.node).refine(k, [((ix, iy, k), True), ((ex, ey, k), False)], before[k] > 0, axis=2, slice_range=window,
-                                           largest_area=int(before.reshape(len(before), -1).sum(axis=1).max()))
-    np.testing.assert_array_equal(after, engine.volume_mask())  # the range is replaced, nothing outside it was segmented
+                                           largest_area=int(before.reshape(len(before), -1).sum(axis=1).max()), current=current)
+    first, last = engine.span
+    expected = before.copy()
+    for s in range(first, last + 1):  # the span is replaced (a slice missing from the result is cleared), the rest kept
+        expected[s] = engine.slice_masks[s] if s in engine.slice_masks else 0
+    print(f"refine: span {first}..{last} of window {window}, stopped {report.stopped}, changed {report.changedSlices}")
+    np.testing.assert_array_equal(after, expected)
+    assert report.slices == engine.slices and report.stopped == engine.stopped
     np.testing.assert_array_equal(read_segment(run.seg, run.other, ct.node), run.block)  # another segment: untouched
     assert logic.undo(run.seg)
     np.testing.assert_array_equal(read_segment(run.seg, run.sid, ct.node), before)
