@@ -79,5 +79,5 @@ class RunReport:
 
         stops = f"stopped {describe_stops(self.stopped)}" if self.stopped else "nothing was propagated"
         state = "cancelled, partial result kept; " if self.cancelled else ""
-        how = f"; {PROMPT_KINDS[self.prompt]}" if self.prompt in ("click-search", "box+click-edits") else ""
+        how = f"; {PROMPT_KINDS[self.prompt]}" if self.prompt in ("click-search", "box+click-edits", "refine") else ""
         return f"{state}{span}; {stops}; {self.encoderPasses} encoder passes, {self.seconds:.1f} s{how}"

@@ -10,6 +10,7 @@ import types
 import numpy as np
 import pytest
 import slicer
+from scipy import ndimage
 
 import SlideSAM
 from SlideSAMLib.errors import InputError
@@ -85,6 +86,19 @@ def test_refine_clicks_as_ras_tuples_on_the_k_axis_of_the_last_run(ct, window, l
     report = logic.refine(ct.node, run.seg, run.sid, points=[(ras(ct, ix, iy, k), True), (ras(ct, ex, ey, k), False)], sliceRange=window)
     after = read_segment(run.seg, run.sid, ct.node)
     assert after[k, ey, ex] == 0 and after[k, iy, ix] == 1 and report.encoderPasses == 0
+    assert logic.undo(run.seg)
+    np.testing.assert_array_equal(read_segment(run.seg, run.sid, ct.node), before)
+
+
+def test_an_exclude_click_that_empties_the_slice_replaces_that_slice_only(ct, window, logic, run):
+    (ex, ey), k = run.exclude, run.k
+    before = read_segment(run.seg, run.sid, ct.node)
+    assert ndimage.label(before[k])[1] == 1 and before[k, ey, ex]  # one part, clicked: the exclude click removes all of it
+    report = logic.refine(ct.node, run.seg, run.sid, points=[(ras(ct, ex, ey, k), False)], sliceRange=window)
+    after = read_segment(run.seg, run.sid, ct.node)
+    assert report.stopped == {"up": "kept", "down": "kept"} and report.changedSlices == [k]
+    assert not after[k].any()
+    np.testing.assert_array_equal(np.delete(after, k, axis=0), np.delete(before, k, axis=0))  # every other slice kept
     assert logic.undo(run.seg)
     np.testing.assert_array_equal(read_segment(run.seg, run.sid, ct.node), before)
 
