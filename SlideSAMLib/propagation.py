@@ -376,8 +376,9 @@ class Propagator:
                 res.cancelled = True
                 return "cancelled"
             pred, centre, info = self._window(c, chain, lo, hi)
-            if info is None:
-                return "vanished"
+            if info is None:  # nothing left to prompt slice c with
+                keep = self._stop_at(c, np.zeros(self.p.stack.shape[1:], bool), "vanished") if self._stop_at is not None else None
+                return keep or "vanished"
             self._done += 1
             res.info.append(info)
             keep = self._stop_at(c, centre, info.reason) if self._stop_at is not None else None

@@ -28,14 +28,13 @@ AXIS_NAMES = "ijk"  # slice axis 0, 1, 2 by name (the CLI's --axis i|j|k)
 # Session.refine with `current` (the result being refined): each side of the re-propagation ends at the first slice
 # where the current result has a mask and the new one
 #   * has 2D Dice >= AGREE_DICE with it ("agrees": the correction has converged), or
-#   * has 2D Dice <= DEPART_DICE with it, or is rejected by a stop rule that does not say the structure ends
-#     (REJECTED_NOT_ENDED) ("departs": the new chain cannot replace the result there);
+#   * has 2D Dice <= DEPART_DICE with it, or is rejected by the stop rule (vanished included) ("departs": the new
+#     chain cannot replace the result there);
 # the current masks are kept from that slice on. Where the current result has no mask the new chain extends it
 # and the stop rule alone says where it ends. Evidence: EVIDENCE_PENDING (benchmarks/RESULTS_protocol.md, training
 # folders only).
 AGREE_DICE = 0.9
 DEPART_DICE = 0.0
-REJECTED_NOT_ENDED = ("jumped", "grew", "low-iou", "intensity")  # "vanished" and "tail" say the structure ends
 
 class Session:
     def __init__(
@@ -270,9 +269,9 @@ class Session:
 
         `current`: the result's masks along `axis` (index -> bool (rows, cols); a missing index is empty). Given, the
         refinement is local: each side stops at the first slice whose new mask agrees with the current one (2D Dice
-        >= `agree_dice`: "agrees") or cannot replace it (Dice <= `depart_dice`, or a stop rule other than
-        vanished / tail rejected it, where the current mask is not empty: "departs"; `depart_dice` None: never);
-        that slice is not in the result. An emptied slice propagates
+        >= `agree_dice`: "agrees") or cannot replace it (Dice <= `depart_dice`, or the stop rule rejected it, where
+        the current mask is not empty: "departs"; `depart_dice` None: never); that slice is not in the result. A
+        side that ends by the stop rule where the current result has nothing clears the rest of the range there. An emptied slice propagates
         nothing and keeps the current masks on both sides ("kept"). `refine_span(result, slice_range)` says which
         slices the caller replaces with the result; it keeps its own masks elsewhere.
 
@@ -367,7 +366,7 @@ def _local_stop(current: Dict[int, np.ndarray], agree_dice: float, depart_dice: 
         d = dice(mask, there)
         if d >= agree_dice:
             return "agrees"
-        if depart_dice is not None and (d <= depart_dice or verdict in REJECTED_NOT_ENDED):
+        if depart_dice is not None and (d <= depart_dice or verdict is not None):
             return "departs"
         return None
 

@@ -16,7 +16,7 @@ STOP_REASONS: Dict[str, str] = {
     "low-iou": "the model's own quality estimate (predicted IoU) was low",
     "intensity": "the mask's voxels did not look like the prompted structure",
     "agrees": "the new mask agreed with the result already there, which is kept from that slice on",
-    "departs": "the new mask could not replace the result already there (no overlap, or a stop rule rejected it), which is kept from that slice on",
+    "departs": "the new mask could not replace the result already there (no overlap, or a stop rule rejected it or it vanished where the result has a mask), which is kept from that slice on",
     "kept": "the corrected slice is empty: nothing to propagate, the result beyond it is kept",
 }
 # The reasons that say the structure ends on that side: a refinement clears the rest of its range there
