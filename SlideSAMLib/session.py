@@ -279,9 +279,10 @@ class Session:
         ((rows, cols) of the slice along `axis`, e.g. `result.slice_masks[k]`). A box-only model edits the mask
         (`clicks.edit_mask`: an exclude click removes its part, an include click off the mask adds what the click's
         box search finds there); a point-capable model decodes the mask's box with the clicks. The corrected slice
-        is kept as it is and propagation runs up and down from it within `slice_range`; the caller replaces that
-        range of its segment with the result (an all-excluded slice comes back empty, stopped "vanished" both
-        ways). Windows already in the cache are not encoded again. `largest_area`: as in `restart`.
+        is kept as it is and propagation runs up and down from it within `slice_range`; the caller replaces the
+        slices `refine_span(result, slice_range)` names (without `current`: the whole range; an all-excluded slice
+        comes back empty, stopped "vanished" both ways). Windows already in the cache are not encoded again.
+        `largest_area`: as in `restart`.
         """
         if axis not in (0, 1, 2):
             raise InputError(f"slice axis {axis} is not 0 (i), 1 (j) or 2 (k)")

@@ -11,7 +11,8 @@ of the whole volume instead.
 A click re-propagates both ways from its slice (`Session.refine` given the current result), at most up to, not
 including, the nearest slice already prompted on each side (the box's slice, earlier clicks' slices). Each side
 stops where the new masks agree with the current ones or leave them (`Session.refine`), and only the slices `session.refine_span` names are
-replaced: a local correction, as an annotator expects. A click that empties its slice clears that slice only.
+replaced: a local correction, as an annotator expects. A click that empties its slice erases the slices beyond it
+on the side where no prompted slice lies (the structure ends there); between prompted slices, that slice only.
 `agree_dice=None` replaces instead every slice between the prompted ones, without `current` (session 6's rule,
 for comparison: benchmarks/RESULTS_protocol.md).
 
@@ -88,8 +89,11 @@ def interactive(session, truth: np.ndarray, spacing, k0: int, start_pred: np.nda
         except InputError as exc:  # e.g. the click's box search found no structure: the click changes nothing
             step["refused"] = str(exc)
         else:
-            a, b = refine_span(res, (lo, hi))
-            pred[a:b + 1] = res.volume_mask().astype(bool)[a:b + 1]
+            if res.slice_masks[k].any():
+                a, b = refine_span(res, (lo, hi))
+            else:  # the click emptied its slice: where no prompted slice lies beyond it, the structure ends there
+                a, b = (k, n - 1) if hi == n - 1 and lo > 0 else (0, k) if lo == 0 and hi < n - 1 else (k, k)
+            pred[a:b + 1] = res.volume_mask().astype(bool)[a:b + 1]  # slices the result did not write are empty
             step["replaced"] = [int(a), int(b)]
             step["stopped"] = dict(res.stopped)
             prompted.add(k)
