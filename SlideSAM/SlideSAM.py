@@ -549,7 +549,15 @@ class SlideSAMTest(ScriptedLoadableModuleTest):
             np.testing.assert_array_equal(after[: k + 1], before[: k + 1])  # the other side is untouched
             self.assertTrue(logic.undo(segmentationNode))
             np.testing.assert_array_equal(read_segment(segmentationNode, report.segmentId, volumeNode).astype(bool), before)
-            self.delayDisplay(f"Test passed: Dice {dice:.3f}; {report.summary()} / restart: {restart.summary()}")
+            r = k + 3  # refine slice 23 with clicks: include at the centre, exclude inside the mask to its right (i 60)
+            self.assertTrue(before[r, 44, 48] and before[r, 44, 60])
+            include, exclude = geometry.ijk_to_ras(volumeNode, [(48, 44, r), (60, 44, r)])
+            refine = logic.refine(volumeNode, segmentationNode, report.segmentId, points=[(include, True), (exclude, False)])
+            refined = read_segment(segmentationNode, report.segmentId, volumeNode)
+            self.assertTrue(refined[r, 44, 48] and not refined[r, 44, 60])
+            self.assertTrue(logic.undo(segmentationNode))
+            np.testing.assert_array_equal(read_segment(segmentationNode, report.segmentId, volumeNode).astype(bool), before)
+            self.delayDisplay(f"Test passed: Dice {dice:.3f}; {report.summary()} / restart: {restart.summary()} / refine: {refine.summary()}")
             return dice
         finally:
             logic.stopEngine()
