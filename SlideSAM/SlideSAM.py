@@ -53,7 +53,9 @@ class SlideSAM(ScriptedLoadableModule):
             "optionally include / exclude points, on one slice of any "
             "slice view aligned with the volume, press <b>Propagate</b>, and a three-slice Segment-Anything model follows "
             "the structure slice by slice into the selected segment. Fix a slice with Segment Editor, then "
-            "<b>Restart from this slice</b> to propagate again from the correction (only that side is replaced). "
+            "<b>Restart from this slice</b> to propagate again from the correction (only that side is replaced); or place include / "
+            "exclude points on a slice of the result and press <b>Refine with points</b>: they correct that slice, which propagates "
+            "again both ways. "
             "<b>Undo</b> reverts the last run. Segment Editor's editable area, intensity range and overwrite settings are honoured.</p>"
             "<p>Model: the embedded LiteMedSAM (CPU is fine), a checkpoint file, or a <b>SlideSAM server</b> "
             "(<code>slidesam serve</code> on a GPU machine: enter its URL and API key, press <b>Test connection</b>; "
@@ -150,6 +152,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.connect(signal, self.updateParameterNodeFromGUI)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
         self.ui.restartButton.connect("clicked(bool)", self.onRestart)
+        self.ui.refineButton.connect("clicked(bool)", self.onRefine)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
@@ -176,7 +179,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         actions = {"placeBox": lambda: self.startPlacing(self.ui.boxPlaceWidget, self.ui.boxSelector, "vtkMRMLMarkupsROINode", "SlideSAM box"),
                    "placeInclude": lambda: self.startPlacing(self.ui.includePlaceWidget, self.ui.includePointsSelector, "vtkMRMLMarkupsFiducialNode", "SlideSAM include"),
                    "placeExclude": lambda: self.startPlacing(self.ui.excludePlaceWidget, self.ui.excludePointsSelector, "vtkMRMLMarkupsFiducialNode", "SlideSAM exclude"),
-                   "propagate": self.onPropagate, "restart": self.onRestart, "cancel": self.onCancel, "undo": self.onUndo}
+                   "propagate": self.onPropagate, "restart": self.onRestart, "refine": self.onRefine, "cancel": self.onCancel, "undo": self.onUndo}
         parent = slicer.util.mainWindow() or self.parent  # Slicer started with --no-main-window: the module panel
         for name, key, _text in SHORTCUTS:
             shortcut = qt.QShortcut(qt.QKeySequence(key), parent)
@@ -292,7 +295,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         ready = node is not None and node.GetNodeReference("InputVolume") is not None and node.GetNodeReference("Segmentation") is not None
         self.ui.propagateButton.enabled = ready and not busy
-        self.ui.restartButton.enabled = ready and not busy and bool(self.ui.segmentSelector.currentSegmentID())
+        self.ui.restartButton.enabled = self.ui.refineButton.enabled = ready and not busy and bool(self.ui.segmentSelector.currentSegmentID())
         self.ui.cancelButton.enabled = busy
         self.ui.undoButton.enabled = not busy and self.logic.canUndo(self.ui.segmentationSelector.currentNode())
         source = self.ui.modelSourceComboBox.currentIndex
@@ -403,6 +406,24 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                              direction=direction, sliceRange=sliceRange, editorNode=editor)
 
         self._startOrReport("SlideSAM could not restart", prepare)
+
+    def onRefine(self):
+        if self._background is not None:
+            return
+
+        def prepare():
+            volume, segmentation = self.ui.inputVolumeSelector.currentNode(), self.ui.segmentationSelector.currentNode()
+            _direction, sliceRange, editor = self._options()  # a refine propagates both ways
+            view = self._promptView or slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+            axis, index = geometry.slice_view_axis_and_index(volume, view)
+            clicks = geometry.clicks_on_slice(volume, axis, index, self.ui.includePointsSelector.currentNode(), self.ui.excludePointsSelector.currentNode())
+            if not clicks:
+                raise InputError(f"no include or exclude point on slice {index} ({geometry.AXIS_NAMES[axis]}) shown in view '{view.GetName()}': "
+                                 "place them on the slice to correct, then press Refine")
+            return self.logic.prepareRefine(volume, segmentation, self.ui.segmentSelector.currentSegmentID(), points=clicks, axis=axis,
+                                            sliceRange=sliceRange, editorNode=editor)
+
+        self._startOrReport("SlideSAM could not refine", prepare)
 
     def _showInstallProgress(self, line):
         """pip's progress while the engine's packages install (after the user agreed): shown as it comes."""
@@ -528,7 +549,15 @@ class SlideSAMTest(ScriptedLoadableModuleTest):
             np.testing.assert_array_equal(after[: k + 1], before[: k + 1])  # the other side is untouched
             self.assertTrue(logic.undo(segmentationNode))
             np.testing.assert_array_equal(read_segment(segmentationNode, report.segmentId, volumeNode).astype(bool), before)
-            self.delayDisplay(f"Test passed: Dice {dice:.3f}; {report.summary()} / restart: {restart.summary()}")
+            r = k + 3  # refine slice 23 with clicks: include at the centre, exclude inside the mask to its right (i 60)
+            self.assertTrue(before[r, 44, 48] and before[r, 44, 60])
+            include, exclude = geometry.ijk_to_ras(volumeNode, [(48, 44, r), (60, 44, r)])
+            refine = logic.refine(volumeNode, segmentationNode, report.segmentId, points=[(include, True), (exclude, False)])
+            refined = read_segment(segmentationNode, report.segmentId, volumeNode)
+            self.assertTrue(refined[r, 44, 48] and not refined[r, 44, 60])
+            self.assertTrue(logic.undo(segmentationNode))
+            np.testing.assert_array_equal(read_segment(segmentationNode, report.segmentId, volumeNode).astype(bool), before)
+            self.delayDisplay(f"Test passed: Dice {dice:.3f}; {report.summary()} / restart: {restart.summary()} / refine: {refine.summary()}")
             return dice
         finally:
             logic.stopEngine()

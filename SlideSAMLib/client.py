@@ -26,7 +26,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError, SlideSAMError
-from .contract import CancelFn, ContractSession, ProgressFn, Request, RestartRequest, Result, SegmentRequest, SliceDoneFn, SliceRecord  # noqa: F401  (SliceRecord: re-exported)
+from .contract import ROUTES, CancelFn, ContractSession, ProgressFn, RefineRequest, Request, RestartRequest, Result, SegmentRequest, SliceDoneFn, SliceRecord  # noqa: F401  (SliceRecord: re-exported)
 from .wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, decode_mask2d, encode_volume, version_major
 
 log = logging.getLogger("slidesam.client")
@@ -138,10 +138,17 @@ class SlideSAMClient:
 
     def run(self, session_id: str, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
             slice_done: Optional[SliceDoneFn] = None) -> Result:
-        """Run a SegmentRequest or RestartRequest on the server's session; progress, cancel and slice_done as `Session.segment`."""
-        path = "segment" if isinstance(request, SegmentRequest) else "restart"
+        """Run a SegmentRequest, RestartRequest or RefineRequest on the server's session; progress, cancel and slice_done as `Session.segment`."""
+        path = ROUTES[type(request)]
         job, cancel_sent = "", False
-        with self._open("POST", f"/sessions/{session_id}/{path}", json.dumps(request.to_json()).encode(), "application/json") as response:
+        try:
+            response = self._open("POST", f"/sessions/{session_id}/{path}", json.dumps(request.to_json()).encode(), "application/json")
+        except ServerError as exc:
+            if " HTTP 404: Not Found" in str(exc):  # FastAPI's answer to a route it lacks (a missing session says "no session ...")
+                raise ServerError(f"the server at {self.url} does not know '{path}' requests (it runs an older SlideSAM): update the server, "
+                                  f"pip install -U 'slidesam[server]' there") from None
+            raise
+        with response:
             if "json" in response.headers.get("Content-Type", "") and "ndjson" not in response.headers.get("Content-Type", ""):
                 raise ServerError(f"the server at {self.url} answered a job with a plain JSON body: it may not be a SlideSAM server")
             for event in self._events(response):
@@ -194,6 +201,12 @@ class SlideSAMClient:
         """As `Session.restart`: propagate again from a corrected 2D mask, reusing the session's embeddings."""
         return self.run(session_id, RestartRequest.of(slice_mask, slice_index, axis, direction, slice_range, largest_area), progress, cancel)
 
+    def refine(self, session_id: str, slice_index, points, slice_mask, axis=2, slice_range=None, largest_area=None, progress=None, cancel=None,
+               current=None) -> Result:
+        """As `Session.refine`: clicks correct a propagated slice, then it propagates both ways, reusing the session's embeddings;
+        `result.span`: the slices the caller replaces."""
+        return self.run(session_id, RefineRequest.of(slice_mask, slice_index, points, axis, slice_range, largest_area, current), progress, cancel)
+
     def cancel(self, session_id: str, job: Optional[str] = None) -> List[str]:
         """Stop the session's running job (or all of them) at its next window; returns the jobs told to stop."""
         return self._json("POST", f"/sessions/{session_id}/cancel", {"job": job})["cancelled"]
@@ -203,7 +216,7 @@ class SlideSAMClient:
 
 
 class RemoteSession(ContractSession):
-    """A volume held by the server, with the local `Session`'s `segment` / `restart` calls (IJK voxel prompts).
+    """A volume held by the server, with the local `Session`'s `segment` / `restart` / `refine` calls (IJK voxel prompts).
 
     The Slicer module uses it for "Model source: server". The volume is uploaded on first use; when the
     server has forgotten the session (expired, or the server restarted) it is uploaded once more and the

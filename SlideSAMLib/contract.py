@@ -7,9 +7,12 @@
 Requests (voxel IJK prompts, as `Session.segment` / `Session.restart` take them):
   SegmentRequest  box, points, axis, direction, slice_range
   RestartRequest  mask (a 2D slice, packed as wire.encode_mask2d), slice_index, axis, direction, slice_range, largest_area
+  RefineRequest   mask (the slice's current mask), slice_index, points (include / exclude clicks on it), axis, slice_range, largest_area,
+                  current (the result's masks of the range: a local refinement)
   CancelRequest   job
   closing a session has no body: `close()` on the session (DELETE /sessions/{id} on a server)
-Result: slices and their masks, per-slice info, stop reasons, prompt kind, cancelled, seconds, encoder passes.
+Result: slices and their masks, per-slice info, stop reasons, prompt kind, cancelled, seconds, encoder passes; a refine's
+span (the slices the caller replaces).
 While a request runs: progress(fraction, message), cancel() -> bool, and slice_done(index, mask) with each slice's
 mask as it is accepted (a front end shows the run as it goes; the Result is what is written).
 
@@ -164,7 +167,64 @@ class CancelRequest:
     job: Optional[str] = None  # default: every running job of the session
 
 
-Request = Union[SegmentRequest, RestartRequest]
+@dataclass
+class RefineRequest:
+    """Correct slice `slice_index` of a propagated result with include / exclude clicks, then propagate from it both ways.
+
+    `mask`: the result's current mask of that slice; the clicks' checks (at least one, on that slice, inside the
+    volume) are `Session.refine`'s. `current`: the result's masks of the other slices of `slice_range` (a missing
+    slice is empty); given, the refinement is local (each side stops where the new mask agrees with the current one).
+    The Result's `span` says which slices the caller replaces with its masks (`session.refine_span`)."""
+
+    __pydantic_config__ = _STRICT
+    mask: Mask2D
+    slice_index: int
+    points: List[PointPrompt]
+    axis: int = 2
+    slice_range: Optional[Tuple[int, int]] = None
+    largest_area: Optional[int] = None  # as RestartRequest's
+    current: Optional[Dict[int, Mask2D]] = None  # slice index -> the result's mask there
+
+    def __post_init__(self):
+        if len(self.points) > MAX_POINTS:
+            raise InputError(f"{len(self.points)} refinement clicks: at most {MAX_POINTS} per request")
+        if self.largest_area is not None and self.largest_area < 0:
+            raise InputError(f"largest_area {self.largest_area} is not a pixel count (>= 0)")
+        self.axis = _axis(self.axis, optional=False)
+        self.slice_range = _range(self.slice_range)
+
+    @classmethod
+    def of(cls, slice_mask, slice_index, points, axis=2, slice_range=None, largest_area=None, current=None) -> "RefineRequest":
+        """From Python values: points = [((i, j, k), include), ...] in voxel IJK; current = {index: 2D mask} or None."""
+        return cls(mask=Mask2D.of(slice_mask), slice_index=int(slice_index), points=[PointPrompt(_ijk(p, "click"), bool(inc)) for p, inc in points],
+                   axis=axis, slice_range=slice_range, largest_area=None if largest_area is None else int(largest_area),
+                   current=None if current is None else {int(s): Mask2D.of(m) for s, m in current.items()})
+
+    def to_json(self) -> dict:
+        body = asdict(self)
+        if self.current is None:
+            del body["current"]
+        return body
+
+    def session_args(self, max_pixels: int) -> Tuple[tuple, dict]:
+        """(args, kwargs) of `Session.refine`; the masks are unpacked here, none larger than `max_pixels`."""
+        current = None if self.current is None else {s: m.decode(max_pixels) for s, m in self.current.items()}
+        return (self.slice_index, [(p.ijk, p.include) for p in self.points], self.mask.decode(max_pixels)), {
+            "axis": self.axis, "slice_range": self.slice_range, "largest_area": self.largest_area, "current": current}
+
+    def run_on(self, session, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None, model: str = "") -> "Result":
+        """`session.refine` (an engine Session) with this request, the Result's `span` set: the engine's one answer
+        to which slices the caller replaces (in-process and on the server alike)."""
+        from .session import refine_span  # the engine side: torch is loaded there already
+
+        args, kwargs = self.session_args(largest_slice_pixels(session.volume.shape))
+        result = Result.of(session.refine(*args, progress=progress, cancel=cancel, **kwargs), model)
+        result.span = refine_span(result, self.slice_range)
+        return result
+
+
+Request = Union[SegmentRequest, RestartRequest, RefineRequest]
+ROUTES = {SegmentRequest: "segment", RestartRequest: "restart", RefineRequest: "refine"}  # the server's POST /sessions/{id}/<route> of each request
 
 
 class SliceRecord(dict):
@@ -195,6 +255,7 @@ class Result(MaskResultMixin):
     prompt: str = ""  # how the prompt reached the model: one of wire.PROMPT_KINDS
     model: str = ""
     job: str = ""
+    span: Optional[Tuple[int, int]] = None  # a refine's (first, last) slices that the caller replaces with slice_masks (a missing one: cleared)
 
     @classmethod
     def of(cls, result, model: str = "") -> "Result":
@@ -214,6 +275,7 @@ class Result(MaskResultMixin):
             "type": "result", "axis": int(self.axis), "stack_shape": [int(v) for v in self.stack_shape], "slices": slices, "masks": bits,
             "info": [dict(i) for i in self.info], "stopped": dict(self.stopped), "cancelled": bool(self.cancelled),
             "encoder_passes": int(self.encoder_passes), "seconds": float(self.seconds), "prompt": self.prompt, "model": self.model,
+            **({"span": [int(v) for v in self.span]} if self.span is not None else {}),
         }
 
     @classmethod
@@ -223,13 +285,19 @@ class Result(MaskResultMixin):
             axis=int(event["axis"]), stack_shape=shape, slice_masks=decode_masks(event["slices"], event["masks"], shape[1:]),
             info=[SliceRecord(i) for i in event["info"]], stopped=dict(event["stopped"]), cancelled=bool(event["cancelled"]),
             encoder_passes=int(event["encoder_passes"]), seconds=float(event["seconds"]), prompt=event.get("prompt", ""),
-            model=event.get("model", ""), job=job,
+            model=event.get("model", ""), job=job, span=tuple(int(v) for v in event["span"]) if event.get("span") is not None else None,
         )
+
+
+def largest_slice_pixels(shape_kji) -> int:
+    """Pixels of the volume's largest slice along any axis: no 2D mask of a request may be larger."""
+    nk, nj, ni = (int(v) for v in shape_kji)
+    return max(nj * ni, nk * ni, nk * nj)
 
 
 class ContractSession:
     """What every engine session offers: `run(request, progress, cancel) -> Result`, `close()`, and
-    `segment` / `restart` with `Session`'s keyword arguments (voxel IJK prompts), built on `run`."""
+    `segment` / `restart` / `refine` with `Session`'s arguments (voxel IJK prompts), built on `run`."""
 
     def run(self, request: Request, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
             slice_done: Optional[SliceDoneFn] = None) -> Result:
@@ -244,6 +312,10 @@ class ContractSession:
     def restart(self, slice_mask, slice_index, axis=2, direction="up", slice_range=None, progress=None, cancel=None, largest_area=None) -> Result:
         return self.run(RestartRequest.of(slice_mask, slice_index, axis, direction, slice_range, largest_area), progress, cancel)
 
+    def refine(self, slice_index, points, slice_mask, axis=2, slice_range=None, largest_area=None, progress=None, cancel=None, current=None) -> Result:
+        """As `Session.refine` (same argument order): clicks on a propagated slice, then propagation from it both ways;
+        `result.span`: the slices the caller replaces."""
+        return self.run(RefineRequest.of(slice_mask, slice_index, points, axis, slice_range, largest_area, current), progress, cancel)
 
 
 class InProcessSession(ContractSession):
@@ -256,8 +328,10 @@ class InProcessSession(ContractSession):
             slice_done: Optional[SliceDoneFn] = None) -> Result:
         if isinstance(request, SegmentRequest):
             result = self.session.segment(progress=progress, cancel=cancel, slice_done=slice_done, **request.session_kwargs())
+        elif isinstance(request, RefineRequest):  # Session.refine takes no slice_done: its slices come with the result
+            return request.run_on(self.session, progress, cancel, self.model)
         else:
-            args, kwargs = request.session_args(int(np.prod(sorted(self.session.volume.shape)[1:])))
+            args, kwargs = request.session_args(largest_slice_pixels(self.session.volume.shape))
             result = self.session.restart(*args, progress=progress, cancel=cancel, slice_done=slice_done, **kwargs)
         return Result.of(result, self.model)
 

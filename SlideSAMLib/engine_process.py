@@ -258,7 +258,7 @@ class LocalEngine:
 
 
 class EngineSession(ContractSession):
-    """A volume held by a LocalEngine, behind the contract (`run`, `segment`, `restart`, `close`).
+    """A volume held by a LocalEngine, behind the contract (`run`, `segment`, `restart`, `refine`, `close`).
 
     The volume is uploaded on first use and again after the engine was restarted (a new process knows
     nothing).  An engine that dies during a run raises one EngineError line; the next run starts a new one.

@@ -265,6 +265,9 @@ class Chain:
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
 SliceDoneFn = Callable[[int, np.ndarray], None]  # (slice index, bool mask): a slice as propagation accepts it, while it runs
+# (slice index, the window's constrained mask, the stop rule's verdict or None) -> a reason to end that side at this
+# slice and keep the caller's own masks from it on ("agrees", "departs": Session.refine with `current`), or None.
+StopAtFn = Callable[[int, np.ndarray, Optional[str]], Optional[str]]
 
 
 class Propagator:
@@ -373,13 +376,19 @@ class Propagator:
                 res.cancelled = True
                 return "cancelled"
             pred, centre, info = self._window(c, chain, lo, hi)
-            if info is None:
-                return "vanished"
+            if info is None:  # nothing left to prompt slice c with
+                keep = self._stop_at(c, np.zeros(self.p.stack.shape[1:], bool), "vanished") if self._stop_at is not None else None
+                return keep or "vanished"
             self._done += 1
             res.info.append(info)
+            keep = self._stop_at(c, centre, info.reason) if self._stop_at is not None else None
+            if info.accepted:
+                self._add(pred, lo, hi)  # an accepted window adds its prediction of the slice before it, even when it ends the side
+            if keep is not None:  # not written: the caller keeps its own mask of c onwards
+                info.accepted, info.reason = False, keep
+                return keep
             if not info.accepted:
                 return info.reason
-            self._add(pred, lo, hi)
             if c - chain.direction != start:  # the start slice still gets the other direction's first window
                 self._seal(c - chain.direction)  # windows from here on touch c and beyond only
             chain.slices.append(c)
@@ -399,9 +408,15 @@ class Propagator:
         fixed_start_mask: Optional[np.ndarray] = None,
         result: Optional[PropagationResult] = None,
         largest_area: int = 0,
+        stop_at: Optional[StopAtFn] = None,
     ) -> PropagationResult:
-        """Propagate from `start` (already predicted as `first`) in each of `directions` (+1, -1) within [lo, hi]."""
+        """Propagate from `start` (already predicted as `first`) in each of `directions` (+1, -1) within [lo, hi].
+
+        `stop_at(c, mask, verdict)`: asked for each scored slice with the stop rule's verdict; a reason overrides it,
+        ends that side there with that reason and leaves slice c out of the result (no window past it is encoded
+        or decoded)."""
         t0 = time.perf_counter()
+        self._stop_at = stop_at
         passes0 = self.p.encoder_passes
         res = result or PropagationResult(axis=self.p.axis, stack_shape=self.p.stack.shape)
         self._add(first, lo, hi)

@@ -4,7 +4,9 @@
 
 RESULT is a label map on IMAGE's grid (e.g. what `slidesam segment` wrote); the segment is `--label`'s voxels
 (default: every non-zero voxel). X, Y are voxel indices in the slice (i, j for the default --axis k). The slices
-of --range (default: all) are replaced by the re-propagation from slice K; other labels stay as they were.
+of --range (default: all) are re-propagated from slice K, each side until the new masks agree with the saved ones
+(`Session.refine` with `current`): only the slices `session.refine_span` names are replaced, the rest of the
+segment and other labels stay as they were.
 """
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ def add_parser(subparsers) -> None:
         help="correct a saved result with include/exclude clicks on one slice and propagate again from it",
         description="Include (--point) and exclude (--negative) clicks on slice K of a saved result correct that slice "
                     "(a box-only model edits its mask; a point-capable one decodes the clicks); propagation then runs "
-                    "both ways from it and replaces the segment within --range. Each window is encoded once (a new process starts with no embeddings; Session.refine in a script reuses them).",
+                    "both ways from it within --range, each way until the new masks agree with the saved ones, and replaces those slices. Each window is encoded once (a new process starts with no embeddings; Session.refine in a script reuses them).",
     )
     p.add_argument("image", help="the volume the result was made on")
     p.add_argument("result", help="the saved result: a label map on the image's grid (.nii.gz, .nrrd, .seg.nrrd)")
@@ -77,24 +79,22 @@ def run(args) -> int:
 
     points = [(lift(x, y), True) for x, y in args.point] + [(lift(x, y), False) for x, y in args.negative]
     from . import Session, load_model
+    from .session import refine_span
 
     model = load_model(args.checkpoint, device=args.device, encoder=args.encoder)
     session = Session(model, array_of(image), modality=args.modality, spacing=image.GetSpacing())
+    current = {int(s): stack[s] for s in np.nonzero(stack.any(axis=(1, 2)))[0]}
     res = session.refine(args.slice_index, points, stack[args.slice_index], axis=axis, slice_range=args.slice_range,
-                         largest_area=int(stack.reshape(stack.shape[0], -1).sum(axis=1).max()))
-    lo, hi = args.slice_range if args.slice_range else (0, stack.shape[0] - 1)
-    lo, hi = sorted((lo, hi))
+                         largest_area=int(stack.reshape(stack.shape[0], -1).sum(axis=1).max()), current=current)
+    first, last = refine_span(res, args.slice_range)
     new = np.moveaxis(res.volume_mask().astype(bool), 2 - axis, 0)
     refined = stack.copy()
-    if new[args.slice_index].any():
-        refined[lo:hi + 1] = new[lo:hi + 1]
-    else:  # every part of the slice was excluded: only that slice is cleared
-        refined[args.slice_index] = False
+    refined[first:last + 1] = new[first:last + 1]
     refined = np.moveaxis(refined, 0, 2 - axis)
     labels[segment] = 0
     labels[refined] = value
     write_result(labels, image, out, segment_name=args.name)
     s = res.summary()
-    print(f"wrote {out}: slice {args.slice_index} corrected, slices {s['slices'][0]}..{s['slices'][-1]} along {s['axis']} re-propagated "
+    print(f"wrote {out}: slice {args.slice_index} corrected, slices {first}..{last} along {s['axis']} replaced "
           f"(stopped {describe_stops(s['stopped'])}), {s['encoder_passes']} encoder passes, model: {model.source}", file=sys.stdout)
     return 0

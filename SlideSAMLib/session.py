@@ -7,7 +7,7 @@ slice; the slice axis is the IJK axis along which all its coordinates share one 
 """
 import logging
 import threading
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -15,15 +15,26 @@ from .cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 from .checkpoint import SlideSAMModel
 from .clicks import ClickSearch, apply_clicks, cleared, edit_mask
 from .errors import InputError
+from .evaluation.metrics import dice
 from .predictor import WindowPredictor, new_cache_owner
 from .preprocess import guess_modality, normalisation_for
 from .propagation import CancelFn, ProgressFn, PropagationResult, Propagator, SliceDoneFn, StopRule, box_of
+from .stop_reasons import STRUCTURE_ENDS
 
 log = logging.getLogger("slidesam")
 Point3 = Sequence[float]
 DIRECTIONS = {"both": (1, -1), "up": (1,), "down": (-1,)}
 AXIS_NAMES = "ijk"  # slice axis 0, 1, 2 by name (the CLI's --axis i|j|k)
-
+# Session.refine with `current` (the result being refined): each side of the re-propagation ends at the first slice
+# where the current result has a mask and the new one
+#   * has 2D Dice >= AGREE_DICE with it ("agrees": the correction has converged), or
+#   * has 2D Dice <= DEPART_DICE with it, or is rejected by the stop rule (vanished included) ("departs": the new
+#     chain cannot replace the result there);
+# the current masks are kept from that slice on. Where the current result has no mask the new chain extends it
+# and the stop rule alone says where it ends. Evidence: EVIDENCE_PENDING (benchmarks/RESULTS_protocol.md, training
+# folders only).
+AGREE_DICE = 0.9
+DEPART_DICE = 0.0
 
 class Session:
     def __init__(
@@ -250,16 +261,28 @@ class Session:
         largest_area: Optional[int] = None,
         progress: Optional[ProgressFn] = None,
         cancel: Optional[CancelFn] = None,
+        current: Optional[Dict[int, np.ndarray]] = None,
+        agree_dice: float = AGREE_DICE,
+        depart_dice: Optional[float] = DEPART_DICE,
     ) -> PropagationResult:
         """Correct slice `slice_index` of a propagated result with clicks, then propagate again from it both ways.
+
+        `current`: the result's masks along `axis` (index -> bool (rows, cols); a missing index is empty). Given, the
+        refinement is local: each side stops at the first slice whose new mask agrees with the current one (2D Dice
+        >= `agree_dice`: "agrees") or cannot replace it (Dice <= `depart_dice`, or the stop rule rejected it, where
+        the current mask is not empty: "departs"; `depart_dice` None: never); that slice is not in the result. A
+        side that ends by the stop rule where the current result has nothing clears the rest of the range there. An emptied slice propagates
+        nothing and keeps the current masks on both sides ("kept"). `refine_span(result, slice_range)` says which
+        slices the caller replaces with the result; it keeps its own masks elsewhere.
 
         points: [((i, j, k), include), ...] on that slice; slice_mask: the result's current mask of that slice
         ((rows, cols) of the slice along `axis`, e.g. `result.slice_masks[k]`). A box-only model edits the mask
         (`clicks.edit_mask`: an exclude click removes its part, an include click off the mask adds what the click's
         box search finds there); a point-capable model decodes the mask's box with the clicks. The corrected slice
-        is kept as it is and propagation runs up and down from it within `slice_range`; the caller replaces that
-        range of its segment with the result (an all-excluded slice comes back empty, stopped "vanished" both
-        ways). Windows already in the cache are not encoded again. `largest_area`: as in `restart`.
+        is kept as it is and propagation runs up and down from it within `slice_range`; the caller replaces the
+        slices `refine_span(result, slice_range)` names (without `current`: the whole range; an all-excluded slice
+        comes back empty, stopped "vanished" both ways). Windows already in the cache are not encoded again.
+        `largest_area`: as in `restart`.
         """
         if axis not in (0, 1, 2):
             raise InputError(f"slice axis {axis} is not 0 (i), 1 (j) or 2 (k)")
@@ -279,6 +302,9 @@ class Session:
         lo, hi = self._range(axis, slice_range)
         if not lo <= k <= hi:
             raise InputError(f"slice {k} is outside the slice range {lo}..{hi}")
+        stop_at = None
+        if current is not None:
+            stop_at = _local_stop(self._current_masks(current, pred.stack.shape[1:]), agree_dice, depart_dice)
         with self._lock:
             passes = pred.encoder_passes
             pred.encode([k])
@@ -289,17 +315,31 @@ class Session:
                 corrected = edit_mask(mask, clicks2d, ClickSearch(pred, pixel_mm), k)
             box = box_of(corrected)
             if box is None:
+                side = "kept" if current is not None else "vanished"  # nothing to propagate from an empty slice
                 result = PropagationResult(axis=axis, stack_shape=pred.stack.shape, slice_masks={k: corrected},
-                                           stopped={"up": "vanished", "down": "vanished"}, prompt="refine")
+                                           stopped={"up": side, "down": side}, prompt="refine")
                 return result
             x0, y0, x1, y1 = box
             first = pred.predict(k, box=(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
             first = cleared(first, mask & ~corrected)  # what a click removed stays out of the neighbours' prompts
             prop = Propagator(pred, self.stack_spacing(axis), self.stop_rule, progress, cancel)
-            result = prop.run(k, first, DIRECTIONS["both"], lo, hi, fixed_start_mask=corrected, largest_area=int(largest_area or 0))
+            result = prop.run(k, first, DIRECTIONS["both"], lo, hi, fixed_start_mask=corrected, largest_area=int(largest_area or 0),
+                              stop_at=stop_at)
             result.encoder_passes = pred.encoder_passes - passes
             result.prompt = "refine"
             return result
+
+    @staticmethod
+    def _current_masks(current, plane_shape) -> Dict[int, np.ndarray]:
+        if not isinstance(current, dict):
+            raise InputError("current is not a {slice index: 2D mask} mapping of the result being refined")
+        out = {}
+        for s, m in current.items():
+            m = np.asarray(m)
+            if m.shape != tuple(plane_shape):
+                raise InputError(f"the current mask of slice {s} has shape {m.shape}, the slices have {tuple(plane_shape)}")
+            out[int(s)] = m.astype(bool)
+        return out
 
     @staticmethod
     def _decode_refinement(pred: WindowPredictor, k: int, mask: np.ndarray, clicks2d) -> np.ndarray:
@@ -311,3 +351,42 @@ class Session:
             xs, ys = xs + [b[0], b[2]], ys + [b[1], b[3]]
         box = (min(xs), min(ys), max(xs), max(ys)) if xs and max(xs) - min(xs) >= 1 and max(ys) - min(ys) >= 1 else None
         return (pred.predict(k, box=box, points=clicks2d).logits[1] > 0).numpy()
+
+
+def _local_stop(current: Dict[int, np.ndarray], agree_dice: float, depart_dice: Optional[float]):
+    """The Propagator's `stop_at` for a refinement of `current` (see Session.refine)."""
+    if not 0.0 < agree_dice <= 1.0:
+        raise InputError(f"agreement Dice {agree_dice} is not in (0, 1]")
+    if depart_dice is not None and not 0.0 <= depart_dice < agree_dice:
+        raise InputError(f"departure Dice {depart_dice} is not in [0, {agree_dice})")
+
+    def stop_at(c: int, mask: np.ndarray, verdict: Optional[str]) -> Optional[str]:
+        there = current.get(c)
+        if there is None or not there.any():
+            return None  # a mask where the result has none extends it; the stop rule says where it ends
+        d = dice(mask, there)
+        if d >= agree_dice:
+            return "agrees"
+        if depart_dice is not None and (d <= depart_dice or verdict is not None):
+            return "departs"
+        return None
+
+    return stop_at
+
+
+def refine_span(result: PropagationResult, slice_range: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
+    """(first, last), inclusive: the slices a caller replaces with a refinement's `result.slice_masks` (a slice of
+    the span missing there is empty); it keeps its own masks of every other slice.
+
+    Per side: where the structure ends (a stop rule fired, or it vanished) the span runs to the end of
+    `slice_range` (default: the whole axis), clearing what lay beyond; where the new masks agreed with the current
+    ones ("agrees"), left them ("departs"), were kept ("kept": an emptied slice with `current`), were cancelled, or
+    reached the range's end, it ends at the last slice the refinement wrote."""
+    slices = sorted(result.slice_masks)
+    if not slices:
+        raise InputError("the refinement wrote no slice: there is nothing to replace")
+    n = result.stack_shape[0]
+    lo, hi = (0, n - 1) if slice_range is None else sorted(int(v) for v in slice_range)
+    first = lo if result.stopped.get("down") in STRUCTURE_ENDS else slices[0]
+    last = hi if result.stopped.get("up") in STRUCTURE_ENDS else slices[-1]
+    return first, last

@@ -156,6 +156,19 @@ def markups_points(points_node, include_default: bool = True) -> List[Tuple[np.n
     return out
 
 
+def clicks_on_slice(volume_node, axis: int, index: int, points_node=None, exclude_node=None) -> List[Tuple[np.ndarray, bool]]:
+    """[(world RAS, include)] of the point lists' points on slice `index` along IJK `axis` (within half a voxel):
+    the points a slice view shows on that slice; points placed on other slices (earlier prompts) are left out."""
+    clicks = []
+    for node, include in ((points_node, True), (exclude_node, False)):
+        if node is not None:
+            clicks += [(p, inc and include) for p, inc in markups_points(node)]
+    if not clicks:
+        return []
+    offsets = np.abs(ras_to_ijk(volume_node, np.array([p for p, _ in clicks]))[:, axis] - index)
+    return [c for c, off in zip(clicks, offsets) if off <= 0.5]
+
+
 def _is_node(value, class_name: str) -> bool:
     return hasattr(value, "IsA") and value.IsA(class_name)
 

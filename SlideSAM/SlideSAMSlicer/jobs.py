@@ -1,4 +1,4 @@
-"""One propagation (a prompt or a restart) split into the part that may run on a thread and its report.
+"""One propagation (a prompt, a restart or a refine) split into the part that may run on a thread and its report.
 
 `PropagationJob.run` only sends its contract requests (SlideSAMLib.contract) to the volume's engine
 session, no MRML, so the widget runs it on a worker thread; `SlideSAMLogic.applyJob` then writes the
@@ -14,16 +14,16 @@ AXIS_NAMES = "IJK"
 
 @dataclass
 class PropagationJob:
-    kind: str  # "segment" or "restart"
+    kind: str  # "segment", "restart" or "refine"
     volume_node: object
     segmentation_node: object
     segment_id: Optional[str]  # None or a name/ID that does not exist yet: created when the result is written
     axis: Optional[int]
     directions: Tuple[str, ...]
     slice_range: Optional[Tuple[int, int]]
-    requests: List[object]  # contract.SegmentRequest (one) or RestartRequest (one per direction)
+    requests: List[object]  # contract.SegmentRequest or RefineRequest (one), or RestartRequest (one per direction)
     editor_node: object = None
-    corrected_index: Optional[int] = None  # restart: the corrected slice
+    corrected_index: Optional[int] = None  # restart, refine: the corrected slice
     get_session: Optional[Callable[[], object]] = None  # returns the volume's contract session (may start the engine)
     results: List[object] = field(default_factory=list)  # contract.Result per request run
 
@@ -49,7 +49,7 @@ class PropagationJob:
 
 @dataclass
 class RunReport:
-    """What a run did: returned by `SlideSAMLogic.segment` / `restart`."""
+    """What a run did: returned by `SlideSAMLogic.segment` / `restart` / `refine`."""
 
     segmentId: str
     axis: int
@@ -79,5 +79,5 @@ class RunReport:
 
         stops = f"stopped {describe_stops(self.stopped)}" if self.stopped else "nothing was propagated"
         state = "cancelled, partial result kept; " if self.cancelled else ""
-        how = f"; {PROMPT_KINDS[self.prompt]}" if self.prompt in ("click-search", "box+click-edits") else ""
+        how = f"; {PROMPT_KINDS[self.prompt]}" if self.prompt in ("click-search", "box+click-edits", "refine") else ""
         return f"{state}{span}; {stops}; {self.encoderPasses} encoder passes, {self.seconds:.1f} s{how}"

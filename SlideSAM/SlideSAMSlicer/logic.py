@@ -9,7 +9,7 @@ import numpy as np
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from SlideSAMLib.contract import RestartRequest, SegmentRequest
+from SlideSAMLib.contract import RefineRequest, RestartRequest, SegmentRequest
 from SlideSAMLib.errors import InputError
 from SlideSAMSlicer import dependencies, geometry
 from SlideSAMSlicer.jobs import PropagationJob, RunReport
@@ -20,7 +20,7 @@ DEFAULT_SEGMENT_NAME = "SlideSAM"
 
 
 class SlideSAMLogic(ScriptedLoadableModuleLogic):
-    """The scripting API: segment / restart / undo; one engine session per volume.
+    """The scripting API: segment / restart / refine / undo; one engine session per volume.
 
     Where the model runs (no model code ever runs in Slicer's process unless a model object is given):
     - "this computer" (the default): a local engine process (SlideSAMLib.engine_process.LocalEngine), started on
@@ -241,23 +241,58 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
     def prepareRestart(self, volumeNode, segmentationNode, segmentId, slice, axis=None, direction="both", sliceRange=None, editorNode=None):
         self._checkNodes(volumeNode, segmentationNode)
         self._checkDirection(direction)
-        if not segmentId or segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
-            raise InputError(f"segment '{segmentId}' is not in '{segmentationNode.GetName()}': select the segment you corrected")
-        ax = geometry.resolve_axis(volumeNode, axis)
-        if ax is None:
-            ax = self._lastAxis.get((segmentationNode.GetID(), segmentId), 2)
+        ax, stack, largest = self._segmentStack(volumeNode, segmentationNode, segmentId, axis, "corrected")
         index = geometry.slice_of(volumeNode, slice, ax)
         n = geometry.dimensions(volumeNode)[ax]
         if not 0 <= index < n:
             raise InputError(f"slice {index} is outside the volume (0..{n - 1} along {geometry.AXIS_NAMES[ax]})")
-        stack = stack_view(read_segment(segmentationNode, segmentId, volumeNode), ax)
         mask = stack[index].astype(bool)
-        largest = int(np.count_nonzero(stack.reshape(len(stack), -1), axis=1).max())  # the stop rule measures against the organ's largest slice
         if not mask.any():
             raise InputError(f"segment '{segmentId}' is empty on slice {index} ({geometry.AXIS_NAMES[ax]}): draw the correction there first")
         dirs = ("up", "down") if direction == "both" else (direction,)
         requests = [RestartRequest.of(mask, index, ax, d, sliceRange, largest) for d in dirs]
         return PropagationJob("restart", volumeNode, segmentationNode, segmentId, ax, dirs, requests[0].slice_range, requests, editor_node=editorNode,
+                              corrected_index=index, get_session=self._sessionGetter(volumeNode))
+
+    def _segmentStack(self, volumeNode, segmentationNode, segmentId, axis, what):
+        """(IJK axis, the segment as a slice stack along it, its largest slice's pixels) of an existing, non-empty segment."""
+        if not segmentId or segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
+            raise InputError(f"segment '{segmentId}' is not in '{segmentationNode.GetName()}': select the segment you {what}")
+        ax = geometry.resolve_axis(volumeNode, axis)
+        if ax is None:
+            ax = self._lastAxis.get((segmentationNode.GetID(), segmentId), 2)
+        stack = stack_view(read_segment(segmentationNode, segmentId, volumeNode), ax)
+        largest = int(np.count_nonzero(stack.reshape(len(stack), -1), axis=1).max())  # the stop rule measures against the organ's largest slice
+        return ax, stack, largest
+
+    def prepareRefine(self, volumeNode, segmentationNode, segmentId, points=None, excludePoints=None, axis=None, sliceRange=None, editorNode=None):
+        """A refine job: include / exclude clicks (RAS) on one slice of the segment's propagated result correct that slice,
+        then propagation runs from it both ways, each side until the new masks agree with the segment's (a local refinement:
+        the segment's slices of `sliceRange`, default the whole axis, go with the request). The job replaces only the
+        slices the engine names (the result's span) of that segment.
+
+        points: [(ras, isInclude), ...] or a markups point list (selected points include, unselected exclude); excludePoints:
+        a point list (or [(ras, _)]) of exclude clicks. axis: as in segment(); default the axis of this segment's last run, else K."""
+        self._checkNodes(volumeNode, segmentationNode)
+        ax, stack, largest = self._segmentStack(volumeNode, segmentationNode, segmentId, axis, "want to refine")
+        if not largest:
+            raise InputError(f"segment '{segmentId}' is empty: propagate first, then refine the result with clicks")
+        clicks = geometry.engine_prompt(volumeNode, None, points, excludePoints).points_ijk
+        if not clicks:
+            raise InputError("no refinement click: place include or exclude points on the slice to correct")
+        coords = np.array([c for c, _ in clicks])
+        indices = sorted({int(v) for v in np.rint(coords[:, ax])})
+        if len(indices) > 1:
+            raise InputError(f"the refinement clicks lie on slices {', '.join(map(str, indices))} along {geometry.AXIS_NAMES[ax]}: "
+                             "place them all on the one slice you correct")
+        index, n = indices[0], len(stack)
+        if not 0 <= index < n:
+            raise InputError(f"the refinement clicks are on slice {index}, outside the volume (0..{n - 1} along {geometry.AXIS_NAMES[ax]}): click on the image")
+        coords[:, ax] = index  # on the slice exactly (they were within half a voxel of it)
+        lo, hi = sorted(int(v) for v in sliceRange) if sliceRange is not None else (0, n - 1)
+        current = {s: stack[s] > 0 for s in range(max(lo, 0), min(hi, n - 1) + 1) if s != index and stack[s].any()}  # a local refinement
+        request = RefineRequest.of(stack[index].astype(bool), index, [(tuple(c), inc) for c, (_, inc) in zip(coords, clicks)], ax, sliceRange, largest, current)
+        return PropagationJob("refine", volumeNode, segmentationNode, segmentId, ax, ("both",), request.slice_range, [request], editor_node=editorNode,
                               corrected_index=index, get_session=self._sessionGetter(volumeNode))
 
     def _targetSegment(self, segmentationNode, segmentId, volumeNode):
@@ -288,6 +323,11 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
             if results:
                 masks = dict(results[0].slice_masks)
                 replaced = set(masks)
+        elif job.kind == "refine":
+            if results:
+                masks = dict(results[0].slice_masks)
+                first, last = results[0].span  # the engine's answer (session.refine_span): the slices this refine replaces
+                replaced = set(range(first, last + 1))
         else:
             n = geometry.dimensions(volumeNode)[axis]
             lo, hi = sorted(job.slice_range) if job.slice_range else (0, n - 1)
@@ -346,6 +386,18 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         axis: as in segment(); default the axis of this segment's last run, else K.
         """
         job = self.prepareRestart(volumeNode, segmentationNode, segmentId, slice, axis, direction, sliceRange, editorNode)
+        if not self.ensureDependencies():
+            raise InputError("SlideSAM's engine packages are not installed: accept the installation, or install them with pip into the engine's Python")
+        job.run(progress, cancel)
+        return self.applyJob(job)
+
+    def refine(self, volumeNode, segmentationNode, segmentId, points=None, excludePoints=None, axis=None, sliceRange=None,
+               progress=None, cancel=None, editorNode=None):
+        """Correct one slice of the segment's propagated result with include / exclude clicks (RAS, all on that slice), then
+        propagate from it both ways until the new masks agree with the segment's, reusing the volume's embeddings. Replaces
+        the slices the engine names (within `sliceRange`, default the whole axis) of this segment only, as one undo step.
+        points / excludePoints / axis: as in prepareRefine()."""
+        job = self.prepareRefine(volumeNode, segmentationNode, segmentId, points, excludePoints, axis, sliceRange, editorNode)
         if not self.ensureDependencies():
             raise InputError("SlideSAM's engine packages are not installed: accept the installation, or install them with pip into the engine's Python")
         job.run(progress, cancel)

@@ -7,6 +7,7 @@ SHORTCUTS = [
     ("placeExclude", "Ctrl+Alt+E", "place an exclude point"),
     ("propagate", "Ctrl+Alt+P", "propagate from the prompt"),
     ("restart", "Ctrl+Alt+R", "restart from the slice shown in the prompt's view (after a correction)"),
+    ("refine", "Ctrl+Alt+F", "refine: the include / exclude points on the slice shown in the prompt's view correct it, then it propagates both ways"),
     ("cancel", "Ctrl+Alt+C", "cancel the running propagation (slices already done are kept)"),
     ("undo", "Ctrl+Alt+Z", "undo the last SlideSAM run"),
 ]

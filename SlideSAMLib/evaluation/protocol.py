@@ -8,10 +8,13 @@ This follows issue 12 ("the largest error region of the worst slice"); the chall
 (CVPR25_iter_eval.py of the CVPR-MedSegFMCompetition repository) takes the largest 26-connected error component
 of the whole volume instead.
 
-A click re-propagates both ways from its slice (`Session.refine`), up to, not including, the nearest slice
-already prompted on each side (the box's slice, earlier clicks' slices): those keep their masks, everything
-between is replaced by the new propagation. A click that empties its slice erases the slices beyond it on the
-side where no prompted slice lies (the structure ends there).
+A click re-propagates both ways from its slice (`Session.refine` given the current result), at most up to, not
+including, the nearest slice already prompted on each side (the box's slice, earlier clicks' slices). Each side
+stops where the new masks agree with the current ones or leave them (`Session.refine`), and only the slices `session.refine_span` names are
+replaced: a local correction, as an annotator expects. A click that empties its slice erases the slices beyond it
+on the side where no prompted slice lies (the structure ends there); between prompted slices, that slice only.
+`agree_dice=None` replaces instead every slice between the prompted ones, without `current` (session 6's rule,
+for comparison: benchmarks/RESULTS_protocol.md).
 
 After each interaction: 3D Dice and surface Dice at 2 mm. Areas under the curves as the challenge computes them:
 the trapezoid rule over the CLICKS click interactions at unit spacing (the box excluded; at most CLICKS - 1).
@@ -22,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
+from ..session import AGREE_DICE, DEPART_DICE, refine_span
 from . import metrics
 
 CLICKS = 5
@@ -58,7 +62,8 @@ def auc(values: List[float]) -> float:
     return round(float(np.sum((v[1:] + v[:-1]) / 2.0)), 4)
 
 
-def interactive(session, truth: np.ndarray, spacing, k0: int, start_pred: np.ndarray, clicks: int = CLICKS) -> dict:
+def interactive(session, truth: np.ndarray, spacing, k0: int, start_pred: np.ndarray, clicks: int = CLICKS,
+                agree_dice: Optional[float] = AGREE_DICE, depart_dice: Optional[float] = DEPART_DICE) -> dict:
     """The protocol on one structure along axis k, from the box's propagated result `start_pred`."""
     pred = start_pred.astype(bool).copy()
     n = truth.shape[0]
@@ -76,21 +81,21 @@ def interactive(session, truth: np.ndarray, spacing, k0: int, start_pred: np.nda
         lo = max([a for a in others if a < k], default=-1) + 1
         hi = min([a for a in others if a > k], default=n) - 1
         step["click"] = {"slice": k, "x": x, "y": y, "include": include}
+        current = None if agree_dice is None else {int(s): pred[s] for s in np.nonzero(pred.any(axis=(1, 2)))[0]}
         try:
             res = session.refine(k, [((x, y, k), include)], pred[k], axis=2, slice_range=(lo, hi),
-                                 largest_area=int(pred.reshape(n, -1).sum(axis=1).max()))
+                                 largest_area=int(pred.reshape(n, -1).sum(axis=1).max()), current=current,
+                                 agree_dice=agree_dice or AGREE_DICE, depart_dice=depart_dice)
         except InputError as exc:  # e.g. the click's box search found no structure: the click changes nothing
             step["refused"] = str(exc)
         else:
-            new = res.volume_mask().astype(bool)
-            if new[k].any():
-                pred[lo:hi + 1] = new[lo:hi + 1]
-            else:
-                pred[k] = False
-                if hi == n - 1 and lo > 0:  # prompted slices below only: the structure ends here, upwards
-                    pred[k:] = False
-                elif lo == 0 and hi < n - 1:
-                    pred[:k + 1] = False
+            if res.slice_masks[k].any():
+                a, b = refine_span(res, (lo, hi))
+            else:  # the click emptied its slice: where no prompted slice lies beyond it, the structure ends there
+                a, b = (k, n - 1) if hi == n - 1 and lo > 0 else (0, k) if lo == 0 and hi < n - 1 else (k, k)
+            pred[a:b + 1] = res.volume_mask().astype(bool)[a:b + 1]  # slices the result did not write are empty
+            step["replaced"] = [int(a), int(b)]
+            step["stopped"] = dict(res.stopped)
             prompted.add(k)
         curve.append({**step, **_score(pred, truth, spacing)})
     dice, nsd = [c["dice"] for c in curve], [c["surface_dice_2mm"] for c in curve]

@@ -8,6 +8,7 @@ Endpoints (the server also describes itself at /openapi.json and /docs):
   DELETE /sessions/{id}                close it and free its embeddings
   POST   /sessions/{id}/segment        JSON prompt -> NDJSON stream (job, progress, slice, wait..., result | error)
   POST   /sessions/{id}/restart        JSON corrected slice -> NDJSON stream, as segment
+  POST   /sessions/{id}/refine         JSON slice mask + clicks on it -> NDJSON stream, as segment (no "slice" lines)
   POST   /sessions/{id}/cancel         {"job": id} or {} (all running jobs of the session)
 """
 import asyncio
@@ -26,7 +27,7 @@ from starlette.datastructures import Headers
 
 from .._version import __version__
 from ..checkpoint import SlideSAMModel
-from ..contract import CancelRequest, RestartRequest, Result, SegmentRequest
+from ..contract import CancelRequest, RefineRequest, RestartRequest, Result, SegmentRequest, largest_slice_pixels
 from ..errors import SlideSAMError
 from ..wire import API_KEY_HEADER, CLIENT_VERSION_HEADER, TooLarge, WireError, decode_volume, encode_mask2d, version_major
 from .scheduler import FairLock, shared_model
@@ -208,12 +209,19 @@ def create_app(
     @app.post("/sessions/{session_id}/restart", dependencies=key_doc)
     async def restart(session_id: str, body: RestartRequest):
         entry = store.get(session_id)
-        nk, nj, ni = entry.session.volume.shape
-        largest_slice = max(nj * ni, nk * ni, nk * nj)
-        args, kwargs = body.session_args(largest_slice)
+        args, kwargs = body.session_args(largest_slice_pixels(entry.session.volume.shape))
 
         def work(progress, cancelled, slice_done):
             return entry.session.restart(*args, progress=progress, cancel=cancelled, slice_done=slice_done, **kwargs)
+
+        return await _run_job(store, entry, work, model.source)
+
+    @app.post("/sessions/{session_id}/refine", dependencies=key_doc)
+    async def refine(session_id: str, body: RefineRequest):
+        entry = store.get(session_id)
+
+        def work(progress, cancelled, slice_done):  # Session.refine streams no slices: they come with the result
+            return body.run_on(entry.session, progress, cancelled, model.source)
 
         return await _run_job(store, entry, work, model.source)
 

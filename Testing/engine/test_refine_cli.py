@@ -6,6 +6,7 @@ import sys
 import numpy as np
 
 from SlideSAMLib import Session, array_of, read_image
+from SlideSAMLib.session import refine_span
 from SlideSAMLib.training.prompts import deepest_point, tight_box
 from testdata import ROOT
 
@@ -40,9 +41,17 @@ def test_refine_cli_corrects_the_clicked_slice_and_repropagates(data_dir, model,
     new = after[k]
     assert new[keep[1], keep[0]] and not new[cut[1], cut[0]]
     assert not (new & ~mask).any() and 0 < new.sum() < mask.sum()
-    # The other slices are the re-propagation from it (Session.refine in this process, the same inputs).
+    # The slices refine_span names are the local re-propagation from it (Session.refine with the saved result as
+    # `current`, in this process, the same inputs); every other slice is the saved result's.
     session = Session(model, array_of(image), spacing=image.GetSpacing())
-    expected = session.refine(k, [((*keep, k), True), ((*cut, k), False)], mask, axis=2,
-                              largest_area=int(before.sum(axis=(1, 2)).max())).volume_mask().astype(bool)
-    assert np.array_equal(after, expected)
-    assert expected[k - 1].any() and expected[k + 1].any() and not np.array_equal(after, before)
+    current = {s: before[s] for s in range(before.shape[0]) if before[s].any()}
+    res = session.refine(k, [((*keep, k), True), ((*cut, k), False)], mask, axis=2,
+                         largest_area=int(before.sum(axis=(1, 2)).max()), current=current)
+    first, last = refine_span(res)
+    assert first <= k <= last
+    expected = before.copy()
+    expected[first:last + 1] = res.volume_mask().astype(bool)[first:last + 1]
+    assert np.array_equal(after, expected) and not np.array_equal(after, before)
+    assert f"slices {first}..{last} along k replaced" in run.stdout
+    outside = [s for s in range(before.shape[0]) if not first <= s <= last]
+    assert all(np.array_equal(after[s], before[s]) for s in outside)

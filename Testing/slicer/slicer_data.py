@@ -27,3 +27,15 @@ def load_kidney_ct(mrml, data_dir):
     # RAS corners from the file's own geometry (SimpleITK, LPS), independent of the module's code.
     box_ras = tuple(lps_to_ras(image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])) for corner in box_ijk)
     return types.SimpleNamespace(node=node, image=image, reference=reference, k=k, box_ijk=box_ijk, box_ras=box_ras)
+
+
+def refinement_clicks(mask, truth):
+    """((ex, ey), (ix, iy)) on a propagated slice: an exclude click on the mask's part farthest outside the reference,
+    an include click deepest inside the reference; both on the mask (so a refine must change the slice to honour them)."""
+    from scipy import ndimage
+
+    outside = ndimage.distance_transform_edt(~truth) * (mask & ~truth)
+    ey, ex = np.unravel_index(outside.argmax(), mask.shape)
+    iy, ix = np.unravel_index(ndimage.distance_transform_edt(truth).argmax(), mask.shape)
+    assert outside.max() > 0 and mask[ey, ex] and mask[iy, ix]
+    return (int(ex), int(ey)), (int(ix), int(iy))

@@ -15,6 +15,7 @@ import slicer
 import SlideSAM
 from SlideSAMLib.engine_process import EngineError, LocalEngine, check_python
 from SlideSAMSlicer.writer import read_segment
+from slicer_data import lps_to_ras, refinement_clicks
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,10 @@ def engine(slidesam_model, engine_log):  # the model fixture first: it sets the 
         yield engine
     finally:
         engine.stop()
+
+
+def ras_of(ct, ijk):
+    return lps_to_ras(ct.image.TransformContinuousIndexToPhysicalPoint([float(c) for c in ijk]))
 
 
 def same_scores(got, expected):
@@ -65,6 +70,17 @@ def test_engine_result_equals_the_in_process_result(mrml, ct, window, engine, en
     np.testing.assert_array_equal(read_segment(seg_engine, got.segmentId, ct.node), read_segment(seg_local, expected.segmentId, ct.node))
     assert r_engine.encoderPasses == r_local.encoderPasses == 0
     same_scores(r_engine.info, r_local.info)
+
+    # a refine by clicks on slice k (RefineRequest through the engine process): the same result as in this process
+    (ex, ey), (ix, iy) = refinement_clicks(read_segment(seg_local, expected.segmentId, ct.node)[ct.k] > 0, ct.reference[ct.k] > 0)
+    clicks = [(ras_of(ct, (ix, iy, ct.k)), True), (ras_of(ct, (ex, ey, ct.k)), False)]
+    f_local = local.refine(ct.node, seg_local, expected.segmentId, points=clicks, sliceRange=window)
+    f_engine = via.refine(ct.node, seg_engine, got.segmentId, points=clicks, sliceRange=window)
+    refined = read_segment(seg_engine, got.segmentId, ct.node)
+    np.testing.assert_array_equal(refined, read_segment(seg_local, expected.segmentId, ct.node))
+    assert refined[ct.k, ey, ex] == 0 and refined[ct.k, iy, ix] == 1
+    assert (f_engine.slices, f_engine.stopped, f_engine.prompt, f_engine.encoderPasses) == (f_local.slices, f_local.stopped, "refine", f_local.encoderPasses)
+    same_scores(f_engine.info, f_local.info)
 
 
 def test_engine_killed_mid_run_one_line_segment_unchanged_next_run_restarts(mrml, ct, window, engine):

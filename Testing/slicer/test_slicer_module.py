@@ -20,7 +20,7 @@ def test_module_metadata_and_help_lists_every_shortcut():
     for _name, key, _text in SHORTCUTS:
         assert key in parent.helpText
     assert len({key for _, key, _ in SHORTCUTS}) == len(SHORTCUTS)
-    assert {name for name, _, _ in SHORTCUTS} == {"placeBox", "placeInclude", "placeExclude", "propagate", "restart", "cancel", "undo"}
+    assert {name for name, _, _ in SHORTCUTS} == {"placeBox", "placeInclude", "placeExclude", "propagate", "restart", "refine", "cancel", "undo"}
     assert "2311.10121" in parent.acknowledgementText and "MIDL 2024" in parent.acknowledgementText
     # Slicer places an ROI with two clicks (on release), not a drag (vtkSlicerROIWidget / vtkMRMLMarkupsROINode).
     assert "drag" not in parent.helpText.lower() and "two opposite corners" in parent.helpText

@@ -19,7 +19,7 @@ from SlideSAMLib.errors import InputError
 from SlideSAMSlicer import geometry
 from SlideSAMSlicer.shortcuts import SHORTCUTS
 from SlideSAMSlicer.writer import EditRules, read_segment
-from slicer_data import dice, lps_to_ras
+from slicer_data import dice, lps_to_ras, refinement_clicks
 
 RANGE = 4  # slices each side of the prompt: keeps the encoder cost of this module small
 ORIENTATIONS = (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal"))
@@ -176,7 +176,7 @@ def test_shortcuts_act_only_while_the_module_is_shown(gui, monkeypatch, main_win
 def test_every_shortcut_runs_its_own_action(gui, monkeypatch):
     widget, ui, ran = gui.widget, gui.ui, []
     widget.exit()
-    for method in ("onPropagate", "onRestart", "onCancel", "onUndo"):
+    for method in ("onPropagate", "onRestart", "onRefine", "onCancel", "onUndo"):
         monkeypatch.setattr(widget, method, lambda method=method: ran.append(method))
     monkeypatch.setattr(widget, "startPlacing", lambda placeWidget, selector, className, name: ran.append((placeWidget.name, selector.name, className)))
     widget.enter()
@@ -185,8 +185,8 @@ def test_every_shortcut_runs_its_own_action(gui, monkeypatch):
     assert ran == [("boxPlaceWidget", "boxSelector", "vtkMRMLMarkupsROINode"),
                    ("includePlaceWidget", "includePointsSelector", "vtkMRMLMarkupsFiducialNode"),
                    ("excludePlaceWidget", "excludePointsSelector", "vtkMRMLMarkupsFiducialNode"),
-                   "onPropagate", "onRestart", "onCancel", "onUndo"]
-    assert [name for name, _, _ in SHORTCUTS] == ["placeBox", "placeInclude", "placeExclude", "propagate", "restart", "cancel", "undo"]
+                   "onPropagate", "onRestart", "onRefine", "onCancel", "onUndo"]
+    assert [name for name, _, _ in SHORTCUTS] == ["placeBox", "placeInclude", "placeExclude", "propagate", "restart", "refine", "cancel", "undo"]
 
 
 def test_settings_are_kept_by_stable_keys_and_the_api_key_stays_out(gui):
@@ -315,6 +315,43 @@ def test_restart_from_the_shown_slice_replaces_one_side_and_undo_restores(gui):
     assert after[fixed + 1 : ct.k + RANGE + 1].any()  # the upper side propagated again from the correction
     ui.undoButton.click()
     assert ui.statusLabel.text == "last run undone"
+    np.testing.assert_array_equal(read_segment(segmentation, segmentId, ct.node), before)
+
+
+def test_refine_with_the_points_on_the_shown_slice_and_undo_restores(gui):
+    ui, ct = gui.ui, gui.ct
+    segmentation = new_segmentation(gui, "refine")
+    kidney_box(gui)
+    show_slice(gui, ct.k)
+    ui.sliceRangeCheckBox.checked = True
+    ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - RANGE, ct.k + RANGE
+    ui.propagateButton.click()
+    run_to_end(gui)
+    segmentId = ui.segmentSelector.currentSegmentID()
+    before = read_segment(segmentation, segmentId, ct.node)
+    k = ct.k + 1
+    (ex, ey), (ix, iy) = refinement_clicks(before[k] > 0, ct.reference[k] > 0)
+    include = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
+    exclude = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "exclude")
+    ui.includePointsSelector.setCurrentNode(include)
+    ui.excludePointsSelector.setCurrentNode(exclude)
+    include.AddControlPointWorld(*ras_of(ct, (ix, iy, ct.k - 2)))  # an earlier point on another slice: not this refine's
+    show_slice(gui, k)
+    ui.refineButton.click()  # nothing placed on slice k yet
+    assert gui.errors and "no include or exclude point on slice" in gui.errors[-1] and ui.statusLabel.text == "not started"
+    assert [type(e).__name__ for e in gui.raised] == ["InputError"]  # shown, and left in the Python console
+    np.testing.assert_array_equal(read_segment(segmentation, segmentId, ct.node), before)
+    include.AddControlPointWorld(*ras_of(ct, (ix, iy, k)))
+    exclude.AddControlPointWorld(*ras_of(ct, (ex, ey, k)))
+    gui.errors.clear()
+    gui.raised.clear()
+    shortcut(gui, "refine").press()
+    run_to_end(gui)
+    assert not gui.errors and not gui.raised, (gui.errors, gui.raised)
+    after = read_segment(segmentation, segmentId, ct.node)
+    assert after[k, ey, ex] == 0 and after[k, iy, ix] == 1 and not np.array_equal(after[k], before[k])
+    assert "0 encoder passes" in ui.statusLabel.text  # the run's windows are reused
+    ui.undoButton.click()
     np.testing.assert_array_equal(read_segment(segmentation, segmentId, ct.node), before)
 
 
