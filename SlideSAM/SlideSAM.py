@@ -3,6 +3,7 @@
 Module (metadata, help), a thin widget and a self-test; the logic (also the scripting API) is SlideSAMSlicer.logic.
 The engine is SlideSAMLib (no Slicer, no Qt); SlideSAMSlicer holds the MRML-side helpers.
 """
+import functools
 import logging
 import os
 import sys
@@ -113,6 +114,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGUI = False
         self._job = None
         self._background = None
+        self._preview = None  # the running job's slices shown in its segment (SlideSAMSlicer/preview.py)
         self._timer = None
         self._shortcuts = []
         self._promptView = None
@@ -200,19 +202,22 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.uninstallShortcuts()
 
     # -- scene close: nothing may be written into the closing scene, nothing kept under its node IDs -------------
-    def _abandonRun(self, reason):
-        """Stop following a running job: it is cancelled and its result dropped unwritten."""
+    def _abandonRun(self, reason, sceneCloses=False):
+        """Stop following a running job: it is cancelled, its result dropped unwritten, the slices it showed taken
+        back (not in a closing scene: nothing is written into it)."""
         if self._timer is not None:
             self._timer.stop()
         if self._background is not None:
             self._background.cancel()
-            self._background = self._job = None
+            if self._preview is not None and not sceneCloses and self._job.segmentation_node.GetScene() is not None:
+                self._preview.restore()
+            self._background = self._job = self._preview = None
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = f"cancelled: {reason}; nothing was written"
             self.updateButtons()
 
     def onSceneStartClose(self, caller, event):
-        self._abandonRun("the scene was closed")
+        self._abandonRun("the scene was closed", sceneCloses=True)
         self.logic.clearState()
         self._promptView = None
         self.setParameterNode(None)
@@ -434,10 +439,12 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         check_editor(job.editor_node, job.segmentation_node, job.volume_node)  # refused now rather than after the run
         if not self.logic.ensureDependencies(status=self._showInstallProgress):
             return False
+        from SlideSAMSlicer.preview import SegmentPreview
         from SlideSAMSlicer.worker import BackgroundJob
 
         self._job = job
-        self._background = BackgroundJob(job.run).start()
+        self._preview = SegmentPreview(self.logic, job) if job.axis is not None else None  # masks shown as they come
+        self._background = BackgroundJob(functools.partial(job.run, slice_done=self._preview.slice_done if self._preview else None)).start()
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = "running"
         self._timer.start()
@@ -456,11 +463,17 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = int(round(100 * fraction))
         self.ui.statusLabel.text = message
         if not done:
+            if self._preview is not None:
+                self._preview.flush_if_due()  # one segment write at most, at most every FLUSH_S
             return
         self._timer.stop()
-        background, job = self._background, self._job
-        self._background = self._job = None
+        background, job, preview = self._background, self._job, self._preview
+        self._background = self._job = self._preview = None
         try:
+            if preview is not None and job.segmentation_node.GetScene() is not None:
+                self.ui.statusLabel.text = "failed: the slices shown during the run could not be taken back"
+                with slicer.util.tryWithErrorDisplay("SlideSAM could not take back the slices shown during the run; the result was not written"):
+                    preview.restore()  # the result's one undo step starts from the segment as it was; on an error nothing stays
             if background.error is not None:
                 if isinstance(background.error, SlideSAMError):
                     slicer.util.errorDisplay(str(background.error), windowTitle="SlideSAM")

@@ -1,0 +1,161 @@
+"""The module shows a run's masks while it goes (SlideSAMSlicer/preview.py), driven through the widget's poll timer.
+
+Real widget, logic, MRML and CT as in test_slicer_widget.py.  The engine (the in-process session) is gated: after
+its first streamed slice it waits until the test lets it go, so "the segment shows a slice before the run ends" is
+a mechanism the test holds still, not a race.
+"""
+import threading
+import time
+import types
+
+import numpy as np
+import pytest
+import slicer
+
+from SlideSAMSlicer.writer import read_segment, stack_view
+from test_slicer_widget import RANGE, env, gui, kidney_box, new_segmentation, run_to_end, show_slice  # noqa: F401  (fixtures)
+
+
+class Gate:
+    """Wraps the volume's contract session: every slice is relayed to the module, the first one then holds the engine."""
+
+    def __init__(self, session, fail=False):
+        self.session, self.fail = session, fail
+        self.streamed, self.go = threading.Event(), threading.Event()
+        self.first = None  # (index, mask) of the first streamed slice
+
+    def run(self, request, progress=None, cancel=None, slice_done=None):
+        def relay(index, mask):
+            if slice_done is not None:
+                slice_done(index, mask)
+            if self.first is None:
+                self.first = (int(index), np.array(mask, dtype=bool))
+                self.streamed.set()
+                assert self.go.wait(300), "the test never let the engine go on"
+
+        result = self.session.run(request, progress, cancel, relay)
+        if self.fail:
+            raise RuntimeError("the engine process exited (simulated)")
+        return result
+
+
+@pytest.fixture
+def gated(gui, monkeypatch):
+    """The logic's sessions wrapped in Gates (set `.fail` to make the engine fail after its run)."""
+    logic, state = gui.widget.logic, types.SimpleNamespace(fail=False, gates=[])
+    real = logic._sessionGetter
+
+    def sessionGetter(volumeNode):
+        get = real(volumeNode)
+
+        def getGated():
+            state.gates.append(Gate(get(), fail=state.fail))
+            return state.gates[-1]
+
+        return getGated
+
+    monkeypatch.setattr(logic, "_sessionGetter", sessionGetter)
+    return state
+
+
+def start_held(gui, gated):
+    """Press Propagate (slices k-RANGE..k+RANGE) and wait until the engine holds after its first slice."""
+    ui, ct = gui.ui, gui.ct
+    kidney_box(gui)
+    show_slice(gui, ct.k)
+    ui.sliceRangeCheckBox.checked = True
+    ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - RANGE, ct.k + RANGE
+    ui.propagateButton.click()
+    assert ui.cancelButton.enabled
+    for _ in range(600):  # the engine is loading its windows; poll as Slicer's timer does meanwhile
+        if gated.gates and gated.gates[0].streamed.wait(0.5):
+            break
+        if not gated.gates:
+            time.sleep(0.5)  # the worker thread has not asked for the session yet
+        gui.widget._timer.fire()
+    gate = gated.gates[0]
+    assert gate.streamed.is_set(), "the engine streamed no slice"
+    return gate
+
+
+def kidney_segment(gui, segmentation):
+    """An annotator's segment: the kidney on slices outside the run's range, and an odd mark on the prompt slice."""
+    ct = gui.ct
+    segmentId = segmentation.GetSegmentation().AddEmptySegment("kidney", "kidney")
+    before = ct.reference.copy()
+    before[ct.k - RANGE : ct.k + RANGE + 1] = 0
+    before[ct.k, :5, :5] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(before, segmentation, segmentId, ct.node)
+    gui.ui.segmentSelector.setCurrentNode(segmentation)
+    gui.ui.segmentSelector.setCurrentSegmentID(segmentId)
+    return segmentId, read_segment(segmentation, segmentId, ct.node)
+
+
+def shown_while_held(gui, segmentation, segmentId, gate):
+    """One timer tick while the engine is held writes the streamed slice into the segment."""
+    index, mask = gate.first
+    gui.widget._timer.fire()
+    assert not gui.widget._background.poll()[0]  # the job has not finished: it is held
+    now = stack_view(read_segment(segmentation, segmentId, gui.ct.node), 2)
+    np.testing.assert_array_equal(now[index] > 0, mask)
+    return now
+
+
+def test_masks_show_during_the_run_and_one_undo_restores_the_segment(gui, gated):
+    segmentation = new_segmentation(gui, "live")
+    segmentId, before = kidney_segment(gui, segmentation)
+    gate = start_held(gui, gated)
+    shown = shown_while_held(gui, segmentation, segmentId, gate)
+    assert not np.array_equal(shown, before)  # the streamed slice differs from what the segment held
+    gate.go.set()
+    run_to_end(gui)
+    assert not gui.errors and not gui.raised, (gui.errors, gui.raised)
+    after = read_segment(segmentation, segmentId, gui.ct.node)
+    assert not np.array_equal(after, before) and "slices (K" in gui.ui.statusLabel.text
+    gui.ui.undoButton.click()
+    assert gui.ui.statusLabel.text == "last run undone"
+    np.testing.assert_array_equal(read_segment(segmentation, segmentId, gui.ct.node), before)
+
+
+def test_cancel_mid_run_keeps_exactly_the_results_slices(gui, gated):
+    segmentation = new_segmentation(gui, "live cancel")  # no segment yet: the preview makes one, the result keeps it
+    gate = start_held(gui, gated)
+    segmentIds = list(segmentation.GetSegmentation().GetSegmentIDs())
+    assert len(segmentIds) == 1
+    shown_while_held(gui, segmentation, segmentIds[0], gate)
+    job = gui.widget._job
+    gui.ui.cancelButton.click()
+    gate.go.set()
+    run_to_end(gui)
+    assert gui.ui.statusLabel.text.startswith("cancelled, partial result kept"), gui.ui.statusLabel.text
+    (result,) = job.results
+    assert result.cancelled
+    segmentId = gui.ui.segmentSelector.currentSegmentID()
+    assert list(segmentation.GetSegmentation().GetSegmentIDs()) == [segmentId]
+    stack = stack_view(read_segment(segmentation, segmentId, gui.ct.node), 2) > 0
+    expected = np.zeros_like(stack)
+    for index, mask in result.slice_masks.items():
+        expected[index] = mask
+    np.testing.assert_array_equal(stack, expected)  # the result's slices, nothing else the run showed
+    gui.ui.undoButton.click()
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 0  # the run made the segment: undo removes it
+
+
+def test_an_engine_error_leaves_the_segment_and_the_others_as_before(gui, gated):
+    ct = gui.ct
+    segmentation = new_segmentation(gui, "live error")
+    otherId = segmentation.GetSegmentation().AddEmptySegment("other", "other")
+    slicer.util.updateSegmentBinaryLabelmapFromArray(ct.reference, segmentation, otherId, ct.node)  # overlaps the run
+    other = read_segment(segmentation, otherId, ct.node)
+    segmentId, before = kidney_segment(gui, segmentation)
+    gated.fail = True
+    gate = start_held(gui, gated)
+    shown_while_held(gui, segmentation, segmentId, gate)
+    gate.go.set()
+    run_to_end(gui)
+    assert len(gui.errors) == 1 and "engine process exited" in gui.errors[0], gui.errors
+    assert gui.ui.statusLabel.text == "failed: nothing was written"
+    np.testing.assert_array_equal(read_segment(segmentation, segmentId, ct.node), before)
+    np.testing.assert_array_equal(read_segment(segmentation, otherId, ct.node), other)
+    assert list(segmentation.GetSegmentation().GetSegmentIDs()) == [otherId, segmentId]
+    assert not gui.widget.logic.canUndo(segmentation)
