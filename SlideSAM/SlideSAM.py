@@ -204,13 +204,13 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- scene close: nothing may be written into the closing scene, nothing kept under its node IDs -------------
     def _abandonRun(self, reason, sceneCloses=False):
         """Stop following a running job: it is cancelled, its result dropped unwritten, the slices it showed taken
-        back (not in a closing scene: nothing is written into it)."""
+        back (in a closing scene only a segment made for them goes: nothing is written into it)."""
         if self._timer is not None:
             self._timer.stop()
         if self._background is not None:
             self._background.cancel()
-            if self._preview is not None and not sceneCloses and self._job.segmentation_node.GetScene() is not None:
-                self._preview.restore()
+            if self._preview is not None and self._job.segmentation_node.GetScene() is not None:
+                self._preview.restore(write=not sceneCloses)
             self._background = self._job = self._preview = None
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = f"cancelled: {reason}; nothing was written"
@@ -442,8 +442,8 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from SlideSAMSlicer.preview import SegmentPreview
         from SlideSAMSlicer.worker import BackgroundJob
 
-        self._job = job
-        self._preview = SegmentPreview(self.logic, job) if job.axis is not None else None  # masks shown as they come
+        preview = SegmentPreview(self.logic, job) if job.axis is not None else None  # masks shown as they come
+        self._job, self._preview = job, preview
         self._background = BackgroundJob(functools.partial(job.run, slice_done=self._preview.slice_done if self._preview else None)).start()
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = "running"

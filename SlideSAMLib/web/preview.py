@@ -1,5 +1,6 @@
 """The web annotator's live preview: the shared SegmentPreview (SlideSAM/SlideSAMSlicer/preview.py, one
-implementation for both front ends), flushed from the page's event loop FLUSH_S after a slice arrives, the
+implementation for both front ends), flushed from the page's event loop FLUSH_S after a slice arrives (later if
+writes are slow, as the shared rule says), the
 page's views told of each write.  SlideSAMSlicer is imported when a preview is made (the host puts it on the path)."""
 
 
@@ -27,7 +28,7 @@ class LivePreview:
     def _schedule(self) -> None:
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_later(self.flush_s, self._flush)
+            self.loop.call_later(max(self.flush_s, self.preview.wait_s()), self._flush)  # the shared pacing rule
 
     def _flush(self) -> None:
         self.scheduled = False
