@@ -19,16 +19,16 @@ from test_slicer_widget import RANGE, env, gui, kidney_box, new_segmentation, ru
 class Gate:
     """Wraps the volume's contract session: every slice is relayed to the module, the first one then holds the engine."""
 
-    def __init__(self, session, fail=False):
-        self.session, self.fail = session, fail
+    def __init__(self, session, fail=False, hold=lambda index: True):
+        self.session, self.fail, self.hold = session, fail, hold
         self.streamed, self.go = threading.Event(), threading.Event()
-        self.first = None  # (index, mask) of the first streamed slice
+        self.first = None  # (index, mask) of the first streamed slice that `hold` picks
 
     def run(self, request, progress=None, cancel=None, slice_done=None):
         def relay(index, mask):
             if slice_done is not None:
                 slice_done(index, mask)
-            if self.first is None:
+            if self.first is None and self.hold(index):
                 self.first = (int(index), np.array(mask, dtype=bool))
                 self.streamed.set()
                 assert self.go.wait(300), "the test never let the engine go on"
@@ -41,15 +41,15 @@ class Gate:
 
 @pytest.fixture
 def gated(gui, monkeypatch):
-    """The logic's sessions wrapped in Gates (set `.fail` to make the engine fail after its run)."""
-    logic, state = gui.widget.logic, types.SimpleNamespace(fail=False, gates=[])
+    """The logic's sessions wrapped in Gates (set `.fail` to make the engine fail after its run, `.hold` to pick the slice held on)."""
+    logic, state = gui.widget.logic, types.SimpleNamespace(fail=False, hold=lambda index: True, gates=[])
     real = logic._sessionGetter
 
     def sessionGetter(volumeNode):
         get = real(volumeNode)
 
         def getGated():
-            state.gates.append(Gate(get(), fail=state.fail))
+            state.gates.append(Gate(get(), fail=state.fail, hold=state.hold))
             return state.gates[-1]
 
         return getGated
@@ -66,7 +66,12 @@ def start_held(gui, gated):
     ui.sliceRangeCheckBox.checked = True
     ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - RANGE, ct.k + RANGE
     ui.propagateButton.click()
-    assert ui.cancelButton.enabled
+    return held(gui, gated)
+
+
+def held(gui, gated):
+    """The first gate once its engine holds."""
+    assert gui.ui.cancelButton.enabled
     for _ in range(600):  # the engine is loading its windows; poll as Slicer's timer does meanwhile
         if gated.gates and gated.gates[0].streamed.wait(0.5):
             break
@@ -159,3 +164,31 @@ def test_an_engine_error_leaves_the_segment_and_the_others_as_before(gui, gated)
     np.testing.assert_array_equal(read_segment(segmentation, otherId, ct.node), other)
     assert list(segmentation.GetSegmentation().GetSegmentIDs()) == [otherId, segmentId]
     assert not gui.widget.logic.canUndo(segmentation)
+
+
+def test_a_restart_shows_its_slices_and_undo_restores_the_segment(gui, gated):
+    ui, ct = gui.ui, gui.ct
+    segmentation = new_segmentation(gui, "live restart")
+    segmentId = segmentation.GetSegmentation().AddEmptySegment("kidney", "kidney")
+    fixed = ct.k + 1
+    edited = ct.reference.copy()  # corrected on `fixed`, empty above it
+    edited[fixed + 1 :] = 0
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segmentation, segmentId, ct.node)
+    ui.segmentSelector.setCurrentNode(segmentation)
+    ui.segmentSelector.setCurrentSegmentID(segmentId)
+    before = read_segment(segmentation, segmentId, ct.node)
+    show_slice(gui, fixed)
+    ui.directionComboBox.currentIndex = ui.directionComboBox.findText("up")
+    ui.sliceRangeCheckBox.checked = True
+    ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - RANGE, ct.k + RANGE
+    gated.hold = lambda index: index > fixed  # the restart streams the corrected slice first
+    ui.restartButton.click()
+    gate = held(gui, gated)
+    shown = shown_while_held(gui, segmentation, segmentId, gate)
+    assert gate.first[0] > fixed and not np.array_equal(shown, before)  # a slice above the correction, shown mid-run
+    gate.go.set()
+    run_to_end(gui)
+    assert not gui.errors and not gui.raised, (gui.errors, gui.raised)
+    assert read_segment(segmentation, segmentId, ct.node)[fixed + 1 : ct.k + RANGE + 1].any()
+    ui.undoButton.click()
+    np.testing.assert_array_equal(read_segment(segmentation, segmentId, ct.node), before)
