@@ -18,7 +18,7 @@ So a click becomes a search over boxes centred on it:
   5. the chosen candidate's bounding box, grown by the propagation's margin, is decoded once more (the
      squares are centred on the click, the structure seldom is).
 
-Chosen on the training volumes only (one click at the deepest point of the largest slice of 68 structures of
+Chosen on the training volumes only (one click at the deepest point of the largest slice of 120 structures of
 the six training folders); figures in benchmarks/RESULTS_clicks.md. A point-trained checkpoint does not need
 this: its decoder takes clicks directly.
 """
