@@ -54,12 +54,10 @@ def test_one_click_on_the_liver_keeps_its_floor(ct_session, ct_labels):
     assert mask.sum() >= 0.8 * label.sum()
 
 
-
-
 def test_one_click_on_a_rib_keeps_the_rib_not_the_region(ct_session, ct_labels):
     """example_ct's rib_right_7 (label 110, training), 17 pixels of 3 mm on its largest slice. Main's search:
     step 3 preferred a 3,217-pixel region; its step 4 took the first smaller candidate within its limits, a 119-pixel
-    one (Dice 0.25 on the slice; one tight box 0.625). The 23-25-pixel candidates, which hold the rib (Dice 0.75-0.76,
+    one (118 pixels, Dice 0.25 on the slice; one tight box 0.625). The 23-25-pixel candidates, which hold the rib (Dice 0.75-0.76,
     masks stable as the box grows, outline 3 x sharper than the region's), had a third or more of their outline on
     their box's border (limit 20 %) or an IoU estimate of 0.67-0.69 (limit 0.7). With 50 % and 0.6 (chosen on all
     training structures, SlideSAMLib/clicks.py) the 25-pixel one wins: measured 0.750 (benchmarks/RESULTS_clicks.md §7).
