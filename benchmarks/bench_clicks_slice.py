@@ -1,0 +1,131 @@
+"""One click against one box on the prompt slice only (2D Dice), every structure of the training folders.
+
+Per structure (as `slidesam eval` places its prompts): its largest slice k, the tight box of that slice and one
+include click on its deepest interior pixel (`evaluate.load_case`, `training.prompts.tight_box` / `deepest_point`).
+The box is decoded once on window k; the click goes through the click's box search (SlideSAMLib/clicks.py) of each
+variant below; each mask is compared with the reference slice (2D Dice). One encoded window per structure: cheap.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_clicks_slice.py [--baseline OLD_clicks.py] [-o OUT.json]
+
+`--baseline`: another clicks.py (e.g. `git show main:SlideSAMLib/clicks.py > /tmp/old.py`), run beside this
+checkout's in the same process on the same embeddings. Training folders only (../shared/data/README.md).
+"""
+import argparse
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+D = ROOT / ".." / "shared" / "data"
+SP = "ct_mr_spine/sub-{0}_label-{1}_{2}.nii.gz", "ct_mr_spine/sub-{0}_seg-{3}_label-{1}_msk.nii.gz"
+# (name, image, label, label names); every structure of each (benchmarks/eval_anchors.sh, "training").
+CASES = [
+    ("ct_chest_nodule", "ct_chest_nodule/image.nrrd", "ct_chest_nodule/label.nrrd", None),
+    ("mr_breast_lesion", "mr_breast_lesion/image.nrrd", "mr_breast_lesion/label.nrrd", None),
+    ("mr_abdomen", "mr_abdomen/example_mr_sm.nii.gz", "mr_abdomen/example_seg_mr.nii.gz", "mr_abdomen/labels_total_mr.json"),
+    *[(f"spine_{m}_{seg}", SP[0].format(m, lv, sfx), SP[1].format(m, lv, sfx, seg), None)
+      for m, lv, sfx in (("ct", 22, "ct"), ("mri", 6, "T2w")) for seg in ("vert", "subreg")],
+    ("ct_liver_lits", "ct_liver_lits/image.nii.gz", "ct_liver_lits/label.nii.gz", None),
+    ("example_ct", "ct_abdomen/example_ct.nii.gz", "ct_abdomen/example_seg_fast_force_split.nii.gz", "ct_abdomen/labels_total.json"),
+]
+
+
+def load_clicks(path: Path, name: str):
+    """A clicks.py loaded as a module of this SlideSAMLib (its relative imports resolve here)."""
+    spec = importlib.util.spec_from_file_location(f"SlideSAMLib.{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class SharedDecodes:
+    """The predictor, its decodes remembered per (window, box): the variants decode the same squares once."""
+
+    def __init__(self, predictor):
+        self._p, self._seen = predictor, {}
+
+    def __getattr__(self, name):
+        return getattr(self._p, name)
+
+    def predict(self, k, box=None, points=()):
+        key = (k, None if box is None else tuple(float(v) for v in box), tuple(points))
+        if key not in self._seen:
+            self._seen[key] = self._p.predict(k, box=box, points=points)
+        return self._seen[key]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", type=Path, help="another clicks.py to measure beside this checkout's")
+    ap.add_argument("--only", nargs="*", help="case names to run (default: all)")
+    ap.add_argument("-o", "--output", type=Path)
+    args = ap.parse_args()
+    import torch
+
+    from SlideSAMLib import Session, clicks, load_model
+    from SlideSAMLib.evaluation.evaluate import MIN_AREA, load_case
+    from SlideSAMLib.evaluation.metrics import dice
+    from SlideSAMLib.training.prompts import deepest_point, tight_box
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    searches = {"new": clicks}
+    if args.baseline:
+        searches = {"old": load_clicks(args.baseline, "_baseline_clicks"), **searches}
+    model = load_model(device="cpu")
+    print(f"load {'/'.join(f'{v:.1f}' for v in os.getloadavg())}, torch threads {torch.get_num_threads()}, variants {list(searches)}", flush=True)
+    rows, t0 = [], time.time()
+    for name, image, label, names in CASES:
+        if args.only and name not in args.only:
+            continue
+        c = load_case(D / image, D / label, D / names if names else None)
+        session = Session(model, c.volume, spacing=c.spacing)
+        pred = session.predictor(2)
+        pixel_mm = float(np.mean(c.spacing[:2]))
+        for value, sname in c.structures.items():
+            truth = c.labels == value
+            areas = truth.sum(axis=(1, 2))
+            if areas.max() < MIN_AREA:
+                continue
+            k = int(areas.argmax())
+            x, y = deepest_point(truth[k])
+            shared = SharedDecodes(pred)
+            box = (pred.predict(k, box=tight_box(truth[k])).logits[1] > 0).numpy()
+            row = {"case": name, "structure": sname, "pixels": int(areas[k]), "box": round(dice(box, truth[k]), 4)}
+            for v, module in searches.items():
+                search = module.ClickSearch(shared, pixel_mm)
+                try:
+                    mask = (search.predict(k, [(x, y, True)]).logits[1] > 0).numpy()
+                except Exception as e:  # InputError: no candidate held the click
+                    print(f"  {name} {sname} {v}: {e}")
+                    mask = np.zeros_like(truth[k])
+                row[v] = round(dice(mask, truth[k]), 4)
+                row[f"{v}_pixels"] = int(mask.sum())
+            rows.append(row)
+            print(" | ".join(f"{row[c]}" for c in row), flush=True)
+    print(f"{len(rows)} structures, {time.time() - t0:.0f} s")
+    summarise(rows, list(searches))
+    if args.output:
+        args.output.write_text(json.dumps(rows, indent=1))
+
+
+def ratio(row, v):
+    return min(row[v] / max(row["box"], 1e-6), 2.0)  # capped at 2: a click may beat a failing box
+
+
+def summarise(rows, variants):
+    print("| variant | mean click | mean box | mean click/box (each capped at 2) | below 0.7 x box |\n|---|---:|---:|---:|---:|")
+    for v in variants:
+        q = [ratio(r, v) for r in rows]
+        print(f"| {v} | {np.mean([r[v] for r in rows]):.3f} | {np.mean([r['box'] for r in rows]):.3f} | {np.mean(q):.3f} | {sum(x < 0.7 for x in q)} of {len(rows)} |")
+    v = variants[-1]
+    print(f"worst click/box ({v}):")
+    for r in sorted(rows, key=lambda r: ratio(r, v))[:15]:
+        print("  " + ", ".join(f"{c} {r[c]}" for c in r))
+
+
+if __name__ == "__main__":
+    main()
