@@ -56,7 +56,8 @@ FIRST = {"ct_abdomen": ["spleen", "kidney_right", "kidney_left", "liver", "gallb
 # The variants run when --variants is not given: every StopRule rule relaxed and off (cheap: they share the
 # default's decodes up to where it stopped), and the constraints that change every box (a full chain each).
 DEFAULT_VARIANTS = ("default,overlap0.3,overlap-off,growth3,growth-off,iou0.3,iou-off,inliers-off,tail-off,"
-                    "band-off,band-rule-off,step4,islet-off")
+                    "band-off,band-rule-off,step4,islet-off,overlap0.6,overlap0.7,growth1.3,iou0.6,iou0.7,inliers0.5,"
+                    "vanish0.02,vanish0.05,tail0.1,overlap-off+growth-off")
 OFF = float("inf")
 # One rule at a time. "rule": StopRule fields; "const": propagation module constants; "band_off": constrain keeps
 # every intensity (the intensity stop rule still sees the band).
@@ -86,6 +87,16 @@ VARIANTS = {
     "islet0.1": {"const": {"MIN_COMPONENT_FRACTION": 0.1}},
     "islet-off": {"const": {"MIN_COMPONENT_FRACTION": 0.0}},
     "islet0.5": {"const": {"MIN_COMPONENT_FRACTION": 0.5}},
+    # stricter: chains that run past the structure's end (most of the training chains, RESULTS_rules.md)
+    "overlap0.6": {"rule": {"min_overlap": 0.6}},
+    "overlap0.7": {"rule": {"min_overlap": 0.7}},
+    "growth1.3": {"rule": {"max_growth": 1.3}},
+    "iou0.6": {"rule": {"min_iou": 0.6}},
+    "iou0.7": {"rule": {"min_iou": 0.7}},
+    "inliers0.5": {"rule": {"min_intensity_inliers": 0.5}},
+    "vanish0.02": {"rule": {"min_area_fraction": 0.02}},
+    "vanish0.05": {"rule": {"min_area_fraction": 0.05}},
+    "tail0.1": {"rule": {"tail_fraction": 0.1}},
     "margin3": {"const": {"BOX_MARGIN_MODEL_PX": 3.0}},
     "margin4": {"const": {"BOX_MARGIN_MODEL_PX": 4.0}},
     "margin7": {"const": {"BOX_MARGIN_MODEL_PX": 7.0}},
@@ -174,10 +185,10 @@ def embeddings_file(folder, image, predictor) -> Path:
     import hashlib
 
     key = hashlib.sha1(f"{predictor.model.source} {predictor.model.encoder_backend}".encode()).hexdigest()[:12]
-    return Path(folder) / f"{Path(image).name}_{key}.pt"
+    return Path(folder) / f"{Path(image).parent.name}_{Path(image).name}_{key}.pt"
 
 
-def sweep_case(model, group, paths, names, out, save, known, embeddings=None):
+def sweep_case(model, group, paths, names, out, save, known, embeddings=None, only=None):
     import torch
     from SlideSAMLib.session import Session
 
@@ -188,10 +199,12 @@ def sweep_case(model, group, paths, names, out, save, known, embeddings=None):
     if store is not None and store.exists():
         for k, e in torch.load(store).items():
             session.cache.put((predictor.cache_key, k), e)
-    t0 = time.perf_counter()
+    t0, saved = time.perf_counter(), session.encoder_passes
     first = [v for n in FIRST.get(group, []) for v, label in case.structures.items() if label == n]
     for value in first + [v for v in case.structures if v not in first]:
         label = case.structures[value]
+        if only and label not in only:
+            continue
         truth = case.labels == value
         areas = truth.reshape(truth.shape[0], -1).sum(axis=1)
         if areas.max() < evaluate.MIN_AREA:
@@ -225,9 +238,10 @@ def sweep_case(model, group, paths, names, out, save, known, embeddings=None):
         print(f"{group} {label}: oracle {row['oracle']:.3f} chain {row['chain']:.3f} decodes {row['decodes']} "
               + " ".join(f"{n}={d[n]['dice']:.3f}" for n in names), file=sys.stderr, flush=True)
         save()
-    if store is not None:
-        store.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({k: session.cache.get((predictor.cache_key, k)) for k in range(predictor.n_slices) if predictor.is_encoded(k)}, store)
+        if store is not None and session.encoder_passes > saved:
+            saved = session.encoder_passes
+            store.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({k: session.cache.get((predictor.cache_key, k)) for k in range(predictor.n_slices) if predictor.is_encoded(k)}, store)
     print(f"{group}: {session.encoder_passes} encoder passes for {predictor.n_slices} slices, {time.perf_counter() - t0:.0f} s",
           file=sys.stderr, flush=True)
 
@@ -288,6 +302,7 @@ def main() -> int:
                     "label) and print the tables for --variants over the structures that have them all")
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated (of: " + ", ".join(VARIANTS) + "); the first is the table's baseline")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated, of: " + ", ".join(CASES))
+    ap.add_argument("--only", help="comma-separated structure names (e.g. 'label 2'): sweep only these")
     ap.add_argument("--anchors-from", nargs="*", default=[], help="earlier eval.json / sweep JSON files with the same structures' anchors")
     ap.add_argument("--embeddings", help="folder for each volume's embeddings (read if there, written after the volume)")
     args = ap.parse_args()
@@ -317,7 +332,8 @@ def main() -> int:
         path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
 
     for group in cases:
-        sweep_case(model, group, CASES[group], names, rows, save, known_anchors(args.anchors_from), args.embeddings)
+        sweep_case(model, group, CASES[group], names, rows, save, known_anchors(args.anchors_from), args.embeddings,
+                   args.only.split(",") if args.only else None)
     save(complete=True)
     print(table(rows, names))
     print()
