@@ -1,4 +1,4 @@
-"""The propagation's rules kept by the training sweep (benchmarks/sweep_rules.py, RESULTS_rules.md) do what their
+"""The propagation's rules as the training sweep set them (benchmarks/sweep_rules.py, RESULTS_rules.md) do what their
 evidence says, on a real training scan (mr_abdomen, one tight box on the largest slice, slice axis k): without
 each, a structure the sweep named loses most of its Dice. A rule dropped or loosened past its evidence fails here."""
 import numpy as np
@@ -57,3 +57,18 @@ def test_intensity_band_holds_the_aorta(mr_session, mr, monkeypatch):
     monkeypatch.setattr(propagation, "BAND_PAD", np.inf)  # the band covers every intensity
     dropped = one_box(mr_session, label)
     assert dice(dropped.volume_mask(), label) < 0.3
+
+
+LUNG_UPPER_LOBE_LEFT = 10  # labels_total.json (example_ct)
+
+
+def test_the_decoders_iou_no_longer_cuts_the_left_upper_lung_lobe(ct_session, ct_labels):
+    # Sweep: the lobe (slices 101-111, largest on 111) ended on its prompt slice with min_iou 0.5 ("low-iou",
+    # 10 slices short, Dice 0.181); with 0.3 its chain goes down to slice 105 (Dice 0.441).
+    label = ct_labels == LUNG_UPPER_LOBE_LEFT
+    now = one_box(ct_session, label)
+    assert min(now.slices) <= 106
+    assert dice(now.volume_mask(), label) >= 0.35
+    old = one_box(ct_session, label, StopRule(min_iou=0.5))
+    assert old.stopped["down"] == "low-iou" and min(old.slices) >= 110
+    assert dice(old.volume_mask(), label) < 0.25
