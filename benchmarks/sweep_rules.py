@@ -69,6 +69,7 @@ VARIANTS = {
     "growth3": {"rule": {"max_growth": 3.0}},
     "growth-off": {"rule": {"max_growth": OFF}},
     "iou0.3": {"rule": {"min_iou": 0.3}},
+    "iou0.5": {"rule": {"min_iou": 0.5}},  # the default until session 7
     "iou-off": {"rule": {"min_iou": 0.0}},
     "inliers0.15": {"rule": {"min_intensity_inliers": 0.15}},
     "inliers-off": {"rule": {"min_intensity_inliers": 0.0}},
@@ -188,7 +189,7 @@ def embeddings_file(folder, image, predictor) -> Path:
     return Path(folder) / f"{Path(image).parent.name}_{Path(image).name}_{key}.pt"
 
 
-def sweep_case(model, group, paths, names, out, save, known, embeddings=None, only=None):
+def sweep_case(model, group, paths, names, out, save, known, embeddings=None, only=None, no_anchors=False):
     import torch
     from SlideSAMLib.session import Session
 
@@ -218,6 +219,9 @@ def sweep_case(model, group, paths, names, out, save, known, embeddings=None, on
         if (*files, int(value)) in known:
             row["chain"], row["oracle"] = known[(*files, int(value))]
             row["anchors"] = "earlier run"
+        elif no_anchors:
+            row["chain"] = row["oracle"] = float("nan")
+            row["anchors"] = "not computed (--no-anchors)"
         else:
             chain_pred, _ = anchors.chain(predictor, k0, box2d)
             row["chain"] = round(metrics.dice(chain_pred, truth), 4)
@@ -304,6 +308,7 @@ def main() -> int:
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated, of: " + ", ".join(CASES))
     ap.add_argument("--only", help="comma-separated structure names (e.g. 'label 2'): sweep only these")
     ap.add_argument("--anchors-from", nargs="*", default=[], help="earlier eval.json / sweep JSON files with the same structures' anchors")
+    ap.add_argument("--no-anchors", action="store_true", help="skip the chain and oracle (their columns read nan)")
     ap.add_argument("--embeddings", help="folder for each volume's embeddings (read if there, written after the volume)")
     args = ap.parse_args()
     from SlideSAMLib.checkpoint import load_model
@@ -333,7 +338,7 @@ def main() -> int:
 
     for group in cases:
         sweep_case(model, group, CASES[group], names, rows, save, known_anchors(args.anchors_from), args.embeddings,
-                   args.only.split(",") if args.only else None)
+                   args.only.split(",") if args.only else None, args.no_anchors)
     save(complete=True)
     print(table(rows, names))
     print()
