@@ -96,7 +96,7 @@ class StopRule:
     max_tail_mm: float = _threshold(
         15.0, "RESULTS.md §1 thin slices: predicted liver tips run up to 12 mm under 3 % on example_ct; 10 mm cut its last slice; "
         "the sweep: it ends 3 of the 150 chains of 75 training structures, each 2+ slices past the reference's end "
-        "(off: ct_mr_spine L1 -0.004)")
+        "(off: ct_mr_spine CT L2 (label 21) -0.004)")
 
     def evidence(self) -> Dict[str, str]:
         return {f.name: f.metadata["evidence"] for f in fields(self)}
