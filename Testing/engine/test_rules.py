@@ -1,5 +1,5 @@
 """The propagation's rules as the training sweep set them (benchmarks/sweep_rules.py, RESULTS_rules.md) do what their
-evidence says, on a real training scan (mr_abdomen, one tight box on the largest slice, slice axis k): without
+evidence says, on real training scans (mr_abdomen, example_ct; one tight box on the largest slice, slice axis k): without
 each, a structure the sweep named loses most of its Dice. A rule dropped or loosened past its evidence fails here."""
 import numpy as np
 import pytest
