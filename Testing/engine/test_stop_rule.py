@@ -67,8 +67,8 @@ def test_grew():
 
 
 def test_low_iou():
-    assert verdict(square(20), iou=0.49) == "low-iou"
-    assert verdict(square(20), iou=0.51) is None
+    assert verdict(square(20), iou=0.29) == "low-iou"
+    assert verdict(square(20), iou=0.31) is None
 
 
 def test_intensity():

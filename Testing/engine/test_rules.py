@@ -1,0 +1,74 @@
+"""The propagation's rules as the training sweep set them (benchmarks/sweep_rules.py, RESULTS_rules.md) do what their
+evidence says, on real training scans (mr_abdomen, example_ct; one tight box on the largest slice, slice axis k): without
+each, a structure the sweep named loses most of its Dice. A rule dropped or loosened past its evidence fails here."""
+import numpy as np
+import pytest
+
+from SlideSAMLib import propagation
+from SlideSAMLib.propagation import StopRule
+from testdata import MR, MR_LABELS, dice, tight_box
+
+AORTA, ILIOPSOAS_LEFT = 23, 48  # labels_total_mr.json
+
+
+@pytest.fixture(scope="module")
+def mr():
+    from SlideSAMLib import array_of, read_image
+
+    image = read_image(MR)
+    return array_of(image), image.GetSpacing(), array_of(read_image(MR_LABELS))
+
+
+@pytest.fixture(scope="module")
+def mr_session(model, mr):
+    from SlideSAMLib import Session
+
+    volume, spacing, _ = mr
+    return Session(model, volume, spacing=spacing)
+
+
+def one_box(session, label, rule=None):
+    saved = session.stop_rule
+    session.stop_rule = rule or StopRule()
+    try:
+        return session.segment(box=tight_box(label), axis=2)
+    finally:
+        session.stop_rule = saved
+
+
+def test_growth_rule_ends_the_left_iliopsoas_run(mr_session, mr):
+    # Sweep: the chain runs up past the muscle's end (slices 0-6) into the pelvis; "grew" ends it 5 slices past,
+    # without the rule it runs to the volume's end (slice 19): Dice 0.572 -> 0.316.
+    label = mr[2] == ILIOPSOAS_LEFT
+    kept = one_box(mr_session, label)
+    assert kept.stopped["up"] == "grew"
+    assert dice(kept.volume_mask(), label) >= 0.5
+    dropped = one_box(mr_session, label, StopRule(max_growth=np.inf))
+    assert max(dropped.slices) == label.shape[0] - 1  # ran to the volume's end
+    assert dice(dropped.volume_mask(), label) < 0.4
+
+
+def test_intensity_band_holds_the_aorta(mr_session, mr, monkeypatch):
+    # Sweep: without the band (constrain and the intensity rule) the aorta's masks leak into their neighbours and
+    # the growth rule ends both chains far too early (5 and 14 slices): Dice 0.773 -> 0.093.
+    label = mr[2] == AORTA
+    kept = one_box(mr_session, label)
+    assert dice(kept.volume_mask(), label) >= 0.7
+    monkeypatch.setattr(propagation, "BAND_PAD", np.inf)  # the band covers every intensity
+    dropped = one_box(mr_session, label)
+    assert dice(dropped.volume_mask(), label) < 0.3
+
+
+LUNG_UPPER_LOBE_LEFT = 10  # labels_total.json (example_ct)
+
+
+def test_the_decoders_iou_no_longer_cuts_the_left_upper_lung_lobe(ct_session, ct_labels):
+    # Sweep: the lobe (slices 101-111, largest on 111) ended on its prompt slice with min_iou 0.5 ("low-iou",
+    # 10 slices short, Dice 0.181); with 0.3 its chain goes down to slice 105 (Dice 0.441).
+    label = ct_labels == LUNG_UPPER_LOBE_LEFT
+    now = one_box(ct_session, label)
+    assert min(now.slices) <= 106
+    assert dice(now.volume_mask(), label) >= 0.35
+    old = one_box(ct_session, label, StopRule(min_iou=0.5))
+    assert old.stopped["down"] == "low-iou" and min(old.slices) >= 110
+    assert dice(old.volume_mask(), label) < 0.25
