@@ -13,7 +13,7 @@ import pytest
 import slicer
 
 from SlideSAMSlicer.writer import read_segment, stack_view
-from test_slicer_widget import RANGE, env, gui, kidney_box, new_segmentation, run_to_end, show_slice  # noqa: F401  (fixtures)
+from test_slicer_widget import RANGE, corrected_kidney, env, gui, in_slice_range, kidney_box, new_segmentation, run_to_end, show_slice  # noqa: F401  (fixtures)
 
 
 class Gate:
@@ -63,8 +63,7 @@ def start_held(gui, gated):
     ui, ct = gui.ui, gui.ct
     kidney_box(gui)
     show_slice(gui, ct.k)
-    ui.sliceRangeCheckBox.checked = True
-    ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - RANGE, ct.k + RANGE
+    in_slice_range(gui)
     ui.propagateButton.click()
     return held(gui, gated)
 
@@ -97,8 +96,11 @@ def kidney_segment(gui, segmentation):
 
 
 def shown_while_held(gui, segmentation, segmentId, gate):
-    """One timer tick while the engine is held writes the streamed slice into the segment."""
+    """One timer tick while the engine is held writes the streamed slice into the segment (once a write is due: the
+    preview paces its writes, and a slice streamed before this one, e.g. a restart's corrected slice, may have
+    been written by a tick less than FLUSH_S ago)."""
     index, mask = gate.first
+    time.sleep(gui.widget._preview.wait_s())
     gui.widget._timer.fire()
     assert not gui.widget._background.poll()[0]  # the job has not finished: it is held
     now = stack_view(read_segment(segmentation, segmentId, gui.ct.node), 2)
@@ -168,19 +170,8 @@ def test_an_engine_error_leaves_the_segment_and_the_others_as_before(gui, gated)
 
 def test_a_restart_shows_its_slices_and_undo_restores_the_segment(gui, gated):
     ui, ct = gui.ui, gui.ct
-    segmentation = new_segmentation(gui, "live restart")
-    segmentId = segmentation.GetSegmentation().AddEmptySegment("kidney", "kidney")
     fixed = ct.k + 1
-    edited = ct.reference.copy()  # corrected on `fixed`, empty above it
-    edited[fixed + 1 :] = 0
-    slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segmentation, segmentId, ct.node)
-    ui.segmentSelector.setCurrentNode(segmentation)
-    ui.segmentSelector.setCurrentSegmentID(segmentId)
-    before = read_segment(segmentation, segmentId, ct.node)
-    show_slice(gui, fixed)
-    ui.directionComboBox.currentIndex = ui.directionComboBox.findText("up")
-    ui.sliceRangeCheckBox.checked = True
-    ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - RANGE, ct.k + RANGE
+    segmentation, segmentId, before = corrected_kidney(gui, "live restart", fixed)
     gated.hold = lambda index: index > fixed  # the restart streams the corrected slice first
     ui.restartButton.click()
     gate = held(gui, gated)

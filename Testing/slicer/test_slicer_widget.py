@@ -139,6 +139,30 @@ def show_slice(gui, k):
     gui.views["Red"].JumpSliceByOffsetting(*ras_of(gui.ct, (10, 10, k)))
 
 
+def in_slice_range(gui):
+    """Tick "Only slices" and keep the run within RANGE slices of the kidney's prompt slice."""
+    ui, ct = gui.ui, gui.ct
+    ui.sliceRangeCheckBox.checked = True
+    ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - RANGE, ct.k + RANGE
+
+
+def corrected_kidney(gui, name, fixed):
+    """A segment holding the reference kidney up to slice `fixed` (an annotator's correction there, empty above),
+    selected, with `fixed` shown and the panel set to restart upwards within the range: (node, segment ID, before)."""
+    ui, ct = gui.ui, gui.ct
+    segmentation = new_segmentation(gui, name)
+    segmentId = segmentation.GetSegmentation().AddEmptySegment("kidney", "kidney")
+    edited = ct.reference.copy()
+    edited[fixed + 1 :] = 0
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segmentation, segmentId, ct.node)
+    ui.segmentSelector.setCurrentNode(segmentation)
+    ui.segmentSelector.setCurrentSegmentID(segmentId)
+    before = read_segment(segmentation, segmentId, ct.node)
+    show_slice(gui, fixed)
+    ui.directionComboBox.currentIndex = ui.directionComboBox.findText("up")
+    in_slice_range(gui)
+    return segmentation, segmentId, before
+
 
 def test_panel_and_buttons_follow_the_selection(gui):
     ui, ct = gui.ui, gui.ct
@@ -274,8 +298,7 @@ def test_propagate_button_writes_the_kidney_into_a_new_segment(gui):
     segmentation = new_segmentation(gui, "propagate")
     kidney_box(gui)
     show_slice(gui, ct.k)
-    ui.sliceRangeCheckBox.checked = True
-    ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - RANGE, ct.k + RANGE
+    in_slice_range(gui)
     ui.propagateButton.click()
     assert ui.cancelButton.enabled and not ui.propagateButton.enabled  # running in the background
     run_to_end(gui)
@@ -294,19 +317,8 @@ def test_propagate_button_writes_the_kidney_into_a_new_segment(gui):
 
 def test_restart_from_the_shown_slice_replaces_one_side_and_undo_restores(gui):
     ui, ct = gui.ui, gui.ct
-    segmentation = new_segmentation(gui, "restart")
-    segmentId = segmentation.GetSegmentation().AddEmptySegment("kidney", "kidney")
     fixed = ct.k + 2
-    edited = ct.reference.copy()  # an annotator's segment, corrected on `fixed` and empty above it
-    edited[fixed + 1 :] = 0
-    slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segmentation, segmentId, ct.node)
-    ui.segmentSelector.setCurrentNode(segmentation)
-    ui.segmentSelector.setCurrentSegmentID(segmentId)
-    before = read_segment(segmentation, segmentId, ct.node)
-    show_slice(gui, fixed)
-    ui.directionComboBox.currentIndex = ui.directionComboBox.findText("up")
-    ui.sliceRangeCheckBox.checked = True
-    ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - RANGE, ct.k + RANGE
+    segmentation, segmentId, before = corrected_kidney(gui, "restart", fixed)
     ui.restartButton.click()
     run_to_end(gui)
     assert not gui.errors and not gui.raised, (gui.errors, gui.raised)
@@ -323,8 +335,7 @@ def test_refine_with_the_points_on_the_shown_slice_and_undo_restores(gui):
     segmentation = new_segmentation(gui, "refine")
     kidney_box(gui)
     show_slice(gui, ct.k)
-    ui.sliceRangeCheckBox.checked = True
-    ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - RANGE, ct.k + RANGE
+    in_slice_range(gui)
     ui.propagateButton.click()
     run_to_end(gui)
     segmentId = ui.segmentSelector.currentSegmentID()
