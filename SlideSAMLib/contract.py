@@ -53,6 +53,14 @@ def _range(slice_range) -> Optional[Tuple[int, int]]:
     return int(values[0]), int(values[1])
 
 
+def _where(request) -> None:
+    """A restart's or refine's largest_area, axis and slice range, checked and normalised in place."""
+    if request.largest_area is not None and request.largest_area < 0:
+        raise InputError(f"largest_area {request.largest_area} is not a pixel count (>= 0)")
+    request.axis = _axis(request.axis, optional=False)
+    request.slice_range = _range(request.slice_range)
+
+
 def _ijk(p, what: str) -> Ijk:
     values = tuple(float(v) for v in p)
     if len(values) != 3:
@@ -139,10 +147,7 @@ class RestartRequest:
     def __post_init__(self):
         if self.direction not in ("up", "down"):
             raise InputError(f"restart direction '{self.direction}' must be up or down")
-        if self.largest_area is not None and self.largest_area < 0:
-            raise InputError(f"largest_area {self.largest_area} is not a pixel count (>= 0)")
-        self.axis = _axis(self.axis, optional=False)
-        self.slice_range = _range(self.slice_range)
+        _where(self)
 
     @classmethod
     def of(cls, slice_mask, slice_index, axis=2, direction="up", slice_range=None, largest_area=None) -> "RestartRequest":
@@ -188,10 +193,7 @@ class RefineRequest:
     def __post_init__(self):
         if len(self.points) > MAX_POINTS:
             raise InputError(f"{len(self.points)} refinement clicks: at most {MAX_POINTS} per request")
-        if self.largest_area is not None and self.largest_area < 0:
-            raise InputError(f"largest_area {self.largest_area} is not a pixel count (>= 0)")
-        self.axis = _axis(self.axis, optional=False)
-        self.slice_range = _range(self.slice_range)
+        _where(self)
 
     @classmethod
     def of(cls, slice_mask, slice_index, points, axis=2, slice_range=None, largest_area=None, current=None) -> "RefineRequest":

@@ -146,6 +146,16 @@ def in_slice_range(gui):
     ui.firstSliceSpinBox.value, ui.lastSliceSpinBox.value = ct.k - RANGE, ct.k + RANGE
 
 
+def propagate_kidney(gui, name):
+    """Press Propagate with the kidney box on its prompt slice, within the range, into a new segmentation (returned)."""
+    segmentation = new_segmentation(gui, name)
+    kidney_box(gui)
+    show_slice(gui, gui.ct.k)
+    in_slice_range(gui)
+    gui.ui.propagateButton.click()
+    return segmentation
+
+
 def corrected_kidney(gui, name, fixed):
     """A segment holding the reference kidney up to slice `fixed` (an annotator's correction there, empty above),
     selected, with `fixed` shown and the panel set to restart upwards within the range: (node, segment ID, before)."""
@@ -295,11 +305,7 @@ def test_drawing_a_new_box_replaces_the_box_propagate_uses(gui, monkeypatch, how
 
 def test_propagate_button_writes_the_kidney_into_a_new_segment(gui):
     ui, ct = gui.ui, gui.ct
-    segmentation = new_segmentation(gui, "propagate")
-    kidney_box(gui)
-    show_slice(gui, ct.k)
-    in_slice_range(gui)
-    ui.propagateButton.click()
+    segmentation = propagate_kidney(gui, "propagate")
     assert ui.cancelButton.enabled and not ui.propagateButton.enabled  # running in the background
     run_to_end(gui)
     assert not gui.errors and not gui.raised, (gui.errors, gui.raised)
@@ -332,11 +338,7 @@ def test_restart_from_the_shown_slice_replaces_one_side_and_undo_restores(gui):
 
 def test_refine_with_the_points_on_the_shown_slice_and_undo_restores(gui):
     ui, ct = gui.ui, gui.ct
-    segmentation = new_segmentation(gui, "refine")
-    kidney_box(gui)
-    show_slice(gui, ct.k)
-    in_slice_range(gui)
-    ui.propagateButton.click()
+    segmentation = propagate_kidney(gui, "refine")
     run_to_end(gui)
     segmentId = ui.segmentSelector.currentSegmentID()
     before = read_segment(segmentation, segmentId, ct.node)
