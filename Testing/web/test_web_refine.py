@@ -5,7 +5,7 @@ include and an exclude click on a slice inside the result, placed with the mouse
 "Only slices" narrowed to five slices around it: the exclude voxel goes, the include voxel stays, every slice outside
 the engine's span (`Result.span`, within those five) is bit-identical,
 the other segment is untouched, and one Undo gives the segment back exactly.  Bad refinements (no new click, clicks
-on two slices, an empty segment) are refused in one line and change nothing.  All voxels are read on the server's
+on two slices, a click beside the image, an empty segment) are refused in one line and change nothing.  All voxels are read on the server's
 side through the page's .seg.nrrd download (slicerio).
 """
 import json
@@ -19,6 +19,7 @@ from webpage import CT_LABELS, KIDNEY_BOX, KIDNEY_LEFT, SLICE
 RANGE = (SLICE - 4, SLICE + 4)  # "Only slices" of the propagations: nine slices of the left kidney (k 72..104), CI time
 REFINED = SLICE + 2  # the slice corrected: inside the result, not the prompt slice
 REFINE_RANGE = (REFINED - 2, REFINED + 2)  # "Only slices" of the refine: the result's slices below it must stay as they were
+PROMPT_INCLUDE = (30, 40, SLICE)  # on the left kidney's box mask (its left rim on slice 93)
 RIGHT_KIDNEY_BOX = ((70, 29, SLICE), (88, 45, SLICE))  # label 2 on slice 93: i 70..88, j 29..45
 STATE = {}
 
@@ -47,10 +48,12 @@ def _assert_same(before: dict, after: dict, but=None) -> None:
             np.testing.assert_array_equal(after[name], mask, err_msg=f"segment '{name}' changed")
 
 
-def _propagate(page, box) -> str:
+def _propagate(page, box, include=()) -> str:
     page.clear_prompts()
     segment = page.add_segment()
     page.place_box(*box)
+    if include:
+        page.place_points("slidesam-include", include)
     last = page.run("slidesam-propagate")
     assert last["segment"] == segment and last["slice_range"] == list(RANGE), last
     return segment
@@ -60,7 +63,7 @@ def test_refine_corrects_the_clicked_slice_and_replaces_only_the_span(page):
     page.go_to_slice(SLICE)
     page.set_range(*RANGE)
     other = _propagate(page, RIGHT_KIDNEY_BOX)
-    kidney = _propagate(page, KIDNEY_BOX)
+    kidney = _propagate(page, KIDNEY_BOX, [PROMPT_INCLUDE])  # its click was the propagation's: not the refine's
     before = page.segments(page.folder)
     assert before[other].any() and before[kidney][REFINED].any()
     (ex, ey), (ix, iy) = _clicks(before[kidney][REFINED] > 0, _reference(REFINED))
@@ -120,6 +123,16 @@ def test_bad_refinements_are_refused_in_one_line_and_change_nothing(page):
     page.go_to_slice(REFINED + 1)
     page.place_points("slidesam-exclude", [(40, 36, REFINED + 1)])
     assert f"slices {REFINED}, {REFINED + 1} along K" in _refused(page, "place them all on the one slice")
+    _assert_same(before, page.segments(page.folder))
+    # a click beside the image (the engine refuses it before any model work)
+    page.clear_prompts()
+    view = page.view_box("Red")
+    beside = [(i, j, REFINED + 1) for i, j in ((-3, 50), (124, 50), (60, -3), (60, 103))]  # example_ct: 122 x 101 voxels in-plane
+    inside_view = [ijk for ijk in beside if view["x"] < page.page_xy(ijk)[0] < view["x"] + view["width"]
+                   and view["y"] < page.page_xy(ijk)[1] < view["y"] + view["height"]]
+    assert inside_view, f"the view shows no room beside the image: {[page.page_xy(ijk) for ijk in beside]} in {view}"
+    page.place_points("slidesam-exclude", inside_view[:1])
+    _refused(page, "is outside the volume")
     _assert_same(before, page.segments(page.folder))
     # an empty segment (the editor's +)
     page.add_segment()
