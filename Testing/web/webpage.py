@@ -168,6 +168,16 @@ class WebPage:
         """Every segment of the page's .seg.nrrd download, on example_ct's grid: {name: (k, j, i) uint8}."""
         return segments_on_ct_grid(self.download("slidesam-save-seg", folder))
 
+    def undo(self, done, timeout_s: float = 120.0) -> dict:
+        """Click Undo, then read the segments (download) until done(segments) holds or the time is up: the last read."""
+        self.page.click("#slidesam-undo")
+        deadline = time.time() + timeout_s
+        segments = self.segments(self.folder)
+        while not done(segments) and time.time() < deadline:
+            time.sleep(2)
+            segments = self.segments(self.folder)
+        return segments
+
     def download(self, button_id: str, folder) -> str:
         with self.page.expect_download(timeout=120_000) as info:
             self.page.click(f"#{button_id}")
