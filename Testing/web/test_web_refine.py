@@ -3,10 +3,10 @@
 The left kidney of example_ct is propagated over nine slices (the right kidney, in another segment, beside it); then an
 include and an exclude click on a slice inside the result, placed with the mouse, and **Refine with points** with
 "Only slices" narrowed to five slices around it: the exclude voxel goes, the include voxel stays, every slice outside
-the engine's span (`Result.span`, within those five) is bit-identical,
-the other segment is untouched, and one Undo gives the segment back exactly.  Bad refinements (no new click, clicks
-on two slices, a click beside the image, an empty segment) are refused in one line and change nothing.  All voxels are read on the server's
-side through the page's .seg.nrrd download (slicerio).
+the engine's span (`Result.span`, within those five) is bit-identical, the span holds the engine's own refine of the
+same inputs, the other segment is untouched, and one Undo gives the segment back exactly.  Bad refinements (no new
+click, clicks on two slices, a click beside the image, an empty segment) are refused in one line and change nothing.
+All voxels are read on the server's side through the page's .seg.nrrd download (slicerio).
 """
 import json
 
@@ -38,6 +38,23 @@ def _clicks(mask: np.ndarray, truth: np.ndarray):
     deep = np.sqrt(((inside[:, None] - np.argwhere(~truth)[None]) ** 2).sum(-1)).min(1)
     (ey, ex), (iy, ix) = outside[far.argmax()], inside[deep.argmax()]
     return (int(ex), int(ey)), (int(ix), int(iy))
+
+
+def _engine_refine(page, segment: np.ndarray, points_ijk):
+    """`SlideSAMClient.refine` on a fresh upload of example_ct, with the inputs SlideSAMLogic.prepareRefine sends."""
+    from SlideSAMLib.client import SlideSAMClient
+    from webpage import read_ct
+    import SimpleITK as sitk
+
+    ct, client = read_ct(), SlideSAMClient(page.engine_url)
+    session = client.upload(sitk.GetArrayFromImage(ct), ct.GetSpacing(), ct.GetOrigin(), ct.GetDirection())
+    try:
+        current = {k: segment[k] > 0 for k in range(REFINE_RANGE[0], REFINE_RANGE[1] + 1) if k != REFINED and segment[k].any()}
+        largest = int(np.count_nonzero(segment.reshape(len(segment), -1), axis=1).max())
+        return client.refine(session, REFINED, [(tuple(p), include) for p, include in points_ijk], segment[REFINED] > 0, axis=2,
+                             slice_range=REFINE_RANGE, largest_area=largest, current=current)
+    finally:
+        client.close(session)
 
 
 def _assert_same(before: dict, after: dict, but=None) -> None:
@@ -87,6 +104,14 @@ def test_refine_corrects_the_clicked_slice_and_replaces_only_the_span(page):
     np.testing.assert_array_equal(refined[outside_span], before[kidney][outside_span])  # bit-identical beyond the span
     assert not np.array_equal(refined[REFINED], before[kidney][REFINED])
     _assert_same(before, after, but=kidney)  # the right kidney's segment untouched
+
+    # what was written is the engine's own refine of the same slice mask, clicks (as sent) and current masks
+    engine = _engine_refine(page, before[kidney], last["points_ijk"])
+    assert list(engine.span) == last["span"] and engine.stopped == last["stopped"], (engine.span, engine.stopped, last)
+    expected = before[kidney].copy()
+    for k in range(first, end + 1):  # the span is replaced (a slice missing from the result is cleared), the rest kept
+        expected[k] = engine.slice_masks[k] if k in engine.slice_masks else 0
+    np.testing.assert_array_equal(refined, expected)
     STATE.update(before=before, kidney=kidney)
 
 
