@@ -52,10 +52,11 @@ class SlideSAMWebLogic:
                 slidesam_engine=engine_label, slidesam_busy=False, slidesam_direction="both", slidesam_progress=0,
                 slidesam_message="load a volume, then place a box", slidesam_error="", slidesam_can_undo=False,
                 slidesam_basename="segmentation", slidesam_views={}, slidesam_last={}, slidesam_volume={},
-                slidesam_range_on=False, slidesam_range_from="", slidesam_range_to="", slidesam_segment="",
+                slidesam_range_on=False, slidesam_range_from="", slidesam_range_to="", slidesam_range_seen=[False, "", ""], slidesam_segment="",
                 slidesam_prompt={"box_mm": [0, 0, 0], "include": 0, "exclude": 0, "placing": False},
             )
         )
+        state.change("slidesam_range_on", "slidesam_range_from", "slidesam_range_to")(self._range_changed)
 
     # -- scene ------------------------------------------------------------------------------
     @property
@@ -118,6 +119,11 @@ class SlideSAMWebLogic:
         undo = self.editor.undo_stack
         with self.server.state:
             self.server.state.slidesam_can_undo = bool(undo is not None and undo.can_undo())
+
+    def _range_changed(self, slidesam_range_on=False, slidesam_range_from="", slidesam_range_to="", **_) -> None:
+        """"Only slices" as the server holds it, sent back to the page (a browser test waits for it before pressing a run:
+        typed values reach the server a moment after the keys, and a run started sooner used the old range)."""
+        self._set(range_seen=[bool(slidesam_range_on), str(slidesam_range_from).strip(), str(slidesam_range_to).strip()])
 
     def _set(self, **values) -> None:
         with self.server.state:

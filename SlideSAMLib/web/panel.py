@@ -71,4 +71,5 @@ def build_panel(server, ctrl):
             # Where each slice view shows what (the browser test maps voxels to page pixels with it).
             html.Pre("{{ JSON.stringify(slidesam_views) }}", id="slidesam-views", style="display: none;")
             html.Pre("{{ JSON.stringify(slidesam_last) }}", id="slidesam-last", style="display: none;")
+            html.Pre("{{ JSON.stringify(slidesam_range_seen) }}", id="slidesam-range-seen", style="display: none;")
             html.Pre("{{ JSON.stringify(slidesam_volume) }}", id="slidesam-volume", style="display: none;")
