@@ -7,6 +7,8 @@ turns them into the engine's voxel prompt with `geometry`, the engine runs in it
 each slice shows in the segment as the engine accepts it, `preview.LivePreview`), and `writer` puts the
 result into one segment of the segmentation node, other segments untouched.
 Each run is one step on trame-slicer's undo stack, the same stack as the editor's paint strokes.
+Refine uses the include / exclude points placed since the last run (`SlideSAMLogic.prepareRefine`: one slice of the
+segment's result corrected, the engine's `Result.span` replaced).
 """
 import asyncio
 import logging
@@ -42,6 +44,7 @@ class SlideSAMWebLogic:
         self._prompt_view = None  # the slice node of the last prompt: "this slice" of a restart
         self._observed = []
         self._observed_points = set()
+        self._used_points = set()  # (node ID, control point ID) of the points the runs so far had placed: not a refine's
         self.editor.active_segment_id_changed.connect(self._segment_changed)
         state = server.state
         state.update(
@@ -49,10 +52,11 @@ class SlideSAMWebLogic:
                 slidesam_engine=engine_label, slidesam_busy=False, slidesam_direction="both", slidesam_progress=0,
                 slidesam_message="load a volume, then place a box", slidesam_error="", slidesam_can_undo=False,
                 slidesam_basename="segmentation", slidesam_views={}, slidesam_last={}, slidesam_volume={},
-                slidesam_range_on=False, slidesam_range_from="", slidesam_range_to="", slidesam_segment="",
+                slidesam_range_on=False, slidesam_range_from="", slidesam_range_to="", slidesam_range_seen=[False, "", ""], slidesam_segment="",
                 slidesam_prompt={"box_mm": [0, 0, 0], "include": 0, "exclude": 0, "placing": False},
             )
         )
+        state.change("slidesam_range_on", "slidesam_range_from", "slidesam_range_to")(self._range_changed)
 
     # -- scene ------------------------------------------------------------------------------
     @property
@@ -63,6 +67,7 @@ class SlideSAMWebLogic:
         self._prompt_view = None
         self.logic.clearState()  # an upload clears the scene, whose node IDs the next volume reuses
         self._observed_points.clear()  # an upload clears the scene: new prompt nodes
+        self._used_points.clear()
         name = volume_node.GetName() or "segmentation"
         base = name
         for suffix in (".gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
@@ -114,6 +119,11 @@ class SlideSAMWebLogic:
         undo = self.editor.undo_stack
         with self.server.state:
             self.server.state.slidesam_can_undo = bool(undo is not None and undo.can_undo())
+
+    def _range_changed(self, slidesam_range_on=False, slidesam_range_from="", slidesam_range_to="", **_) -> None:
+        """"Only slices" as the server holds it, sent back to the page (a browser test waits for it before pressing a run:
+        typed values reach the server a moment after the keys, and a run started sooner used the old range)."""
+        self._set(range_seen=[bool(slidesam_range_on), str(slidesam_range_from).strip(), str(slidesam_range_to).strip()])
 
     def _set(self, **values) -> None:
         with self.server.state:
@@ -180,6 +190,7 @@ class SlideSAMWebLogic:
             node = self.app.scene.GetFirstNodeByName(name)
             if node is not None:
                 self.app.scene.RemoveNode(node)
+        self._used_points.clear()
         self._prompt_changed()
         self._set(message="prompts cleared", error="")
 
@@ -190,6 +201,22 @@ class SlideSAMWebLogic:
         include = self.app.scene.GetFirstNodeByName(INCLUDE_NODE)
         exclude = self.app.scene.GetFirstNodeByName(EXCLUDE_NODE)
         return box, include, exclude
+
+    def _defined_points(self):
+        """[((node ID, point ID), world RAS, include)] of the include and exclude points placed (not those still being placed)."""
+        out = []
+        for name, include in ((INCLUDE_NODE, True), (EXCLUDE_NODE, False)):
+            node = self.app.scene.GetFirstNodeByName(name)
+            for n in range(node.GetNumberOfControlPoints() if node is not None else 0):
+                if node.GetNthControlPointPositionStatus(n) == node.PositionDefined:
+                    position = [0.0] * 3
+                    node.GetNthControlPointPositionWorld(n, position)
+                    out.append(((node.GetID(), node.GetNthControlPointID(n)), position, include))
+        return out
+
+    def _refinement_clicks(self):
+        """[(RAS, include)]: the points placed since the last run (those of earlier prompts were that run's)."""
+        return [(ras, include) for key, ras, include in self._defined_points() if key not in self._used_points]
 
     # -- runs -------------------------------------------------------------------------------
     def _nodes(self):
@@ -203,6 +230,9 @@ class SlideSAMWebLogic:
 
     def restart(self) -> None:
         self._start(self._restart())
+
+    def refine(self) -> None:
+        self._start(self._refine())
 
     def _start(self, run) -> None:
         """Start a run and return at once.  The page's connection handles one message at a time (wslink awaits each
@@ -241,6 +271,27 @@ class SlideSAMWebLogic:
             return job, {"restart_slice": index, "axis": axis}
 
         await self._run("restart", prepare)
+
+    async def _refine(self) -> None:
+        def prepare():
+            volume, segmentation = self._nodes()
+            self.app.markups_logic.disable_place_mode()
+            clicks = self._refinement_clicks()
+            if not clicks:
+                raise SlideSAMError("no refinement click placed since the last run: press Include or Exclude, click on the slice to correct, "
+                                    "then Refine")
+            segment_id = self.editor.get_active_segment_id()
+            if not segment_id:
+                raise SlideSAMError("no segment selected: select the segment to refine in the segment editor")
+            axis, _index, view = self.geometry.pick_prompt_view(volume, self._slice_nodes(), None, clicks)  # none: the segment's last axis
+            job = self.logic.prepareRefine(volume, segmentation, segment_id, points=clicks, axis=axis, sliceRange=self._slice_range(),
+                                           editorNode=self.editor.editor_node)
+            self._prompt_view = view or self._prompt_view
+            request = job.requests[0]  # the contract's RefineRequest, as the engine receives it
+            return job, {"refine_slice": request.slice_index, "axis": job.axis,
+                         "points_ijk": [[list(map(float, p.ijk)), bool(p.include)] for p in request.points]}
+
+        await self._run("refine", prepare)
 
     def _slice_range(self):
         """(first, last) slice indices along the prompt's axis when "Only slices" is ticked, else None (the whole volume)."""
@@ -286,6 +337,7 @@ class SlideSAMWebLogic:
             with SegmentationLabelMapUndoCommand.push_state_change(segmentation):
                 report = self.logic.applyJob(job)
             segmentation.trigger_modified()
+            self._used_points.update(key for key, _, _ in self._defined_points())  # this run's prompt: not the next refine's
             self.editor.set_active_segment_id(report.segmentId)
             self._show_prompt_in_other_views()
         except SlideSAMError as exc:
@@ -301,8 +353,12 @@ class SlideSAMWebLogic:
         slices = report.slices
         name = self.editor.get_segment(report.segmentId).GetName()
         span = f"{self.geometry.AXIS_NAMES[report.axis]} {slices[0]}..{slices[-1]}" if slices else "no slice"
+        if job.kind == "refine" and job.results:  # what a refine replaced: the engine's span (a slice in it without a mask is cleared)
+            first_replaced, last_replaced = job.results[0].span
+            span = f"{span}, replacing {self.geometry.AXIS_NAMES[report.axis]} {first_replaced}..{last_replaced}"
         summary.update(kind=kind, segment_id=report.segmentId, segment=name, slices=[slices[0], slices[-1]] if slices else [],
                        slice_range=list(job.slice_range) if job.slice_range else None, prompt=report.prompt,
+                       span=list(job.results[0].span) if job.kind == "refine" and job.results else None,
                        changed=len(report.changedSlices), cancelled=report.cancelled, stopped=report.stopped,
                        seconds_first_progress=round(first[0], 3) if first else None, seconds_total=round(total, 3),
                        shown_while_running=sorted(set(preview.shown)) if preview else [],

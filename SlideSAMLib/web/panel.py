@@ -1,4 +1,4 @@
-"""The SlideSAM panel of the web page (vuetify 3 widgets): prompts, propagate, progress, restart, undo, save.
+"""The SlideSAM panel of the web page (vuetify 3 widgets): prompts, propagate, progress, restart, refine, undo, save.
 
 Every control has an `id` so a browser test (Testing/web) finds it as a user would, by what it shows.
 """
@@ -60,6 +60,7 @@ def build_panel(server, ctrl):
                 _button("Propagate", ctrl.propagate, "slidesam-propagate", "mdi-play", color="primary", disabled=("slidesam_busy",))
                 _button("Cancel", ctrl.cancel, "slidesam-cancel", "mdi-stop", disabled=("!slidesam_busy",))
                 _button("Restart from this slice", ctrl.restart, "slidesam-restart", "mdi-restart", disabled=("slidesam_busy",))
+                _button("Refine with points", ctrl.refine, "slidesam-refine", "mdi-auto-fix", disabled=("slidesam_busy",))
                 _button("Undo", ctrl.undo, "slidesam-undo", "mdi-undo", disabled=("slidesam_busy || !slidesam_can_undo",))
             v3.VProgressLinear(model_value=("slidesam_progress", 0), height=6, classes="my-2", id="slidesam-progress", color="primary")
             html.Div("{{ slidesam_message }}", id="slidesam-message", classes="text-caption")
@@ -70,4 +71,5 @@ def build_panel(server, ctrl):
             # Where each slice view shows what (the browser test maps voxels to page pixels with it).
             html.Pre("{{ JSON.stringify(slidesam_views) }}", id="slidesam-views", style="display: none;")
             html.Pre("{{ JSON.stringify(slidesam_last) }}", id="slidesam-last", style="display: none;")
+            html.Pre("{{ JSON.stringify(slidesam_range_seen) }}", id="slidesam-range-seen", style="display: none;")
             html.Pre("{{ JSON.stringify(slidesam_volume) }}", id="slidesam-volume", style="display: none;")

@@ -129,17 +129,21 @@ class WebPage:
         return self.text("slidesam-segment").removeprefix("into segment:").strip()
 
     def set_range(self, first=None, last=None) -> None:
-        """Tick 'Only slices' and type the range with the keyboard; None: untick (the whole volume)."""
+        """Tick 'Only slices' and type the range with the keyboard; None: untick (the whole volume).  Returns once the
+        server holds it (a run pressed sooner could still see the old range: test_web_restart.py did, at load 9)."""
         box = self.page.locator("#slidesam-range-on")
         if box.is_checked() != (first is not None):
             box.click()
+        seen = "JSON.parse(document.querySelector('#slidesam-range-seen').textContent)"
         if first is None:
+            self.wait_for(f"{seen}[0] === false", 60_000)
             return
         for end, value in (("from", first), ("to", last)):
             self.page.click(f"#slidesam-range-{end}")
             self.page.keyboard.press("Control+A")
             self.page.keyboard.type(str(value))
         self.page.keyboard.press("Tab")
+        self.wait_for(f"JSON.stringify({seen}) === {json.dumps(json.dumps([True, str(first), str(last)], separators=(',', ':')))}", 60_000)
 
     def progress(self) -> float:
         return float(self.page.get_attribute("#slidesam-progress", "aria-valuenow") or 0)
@@ -167,6 +171,16 @@ class WebPage:
     def segments(self, folder) -> dict:
         """Every segment of the page's .seg.nrrd download, on example_ct's grid: {name: (k, j, i) uint8}."""
         return segments_on_ct_grid(self.download("slidesam-save-seg", folder))
+
+    def undo(self, done, timeout_s: float = 120.0) -> dict:
+        """Click Undo, then read the segments (download) until done(segments) holds or the time is up: the last read."""
+        self.page.click("#slidesam-undo")
+        deadline = time.time() + timeout_s
+        segments = self.segments(self.folder)
+        while not done(segments) and time.time() < deadline:
+            time.sleep(2)
+            segments = self.segments(self.folder)
+        return segments
 
     def download(self, button_id: str, folder) -> str:
         with self.page.expect_download(timeout=120_000) as info:
