@@ -6,10 +6,14 @@ its agreement with the part, and how many other squares give the same part). A r
 judged on what the search would return for it (the refined mask), 2D Dice against the reference, as click / one
 tight box capped at 2, and the count below 0.7 x box. Rules:
 
-  main      clicks.py's step 3 + step 4 as shipped (replayed: must equal what the dump's search returned);
+  main      clicks.py's steps 3 + 4 (replayed: must equal what the dump's search, main's code, returned);
   grid      step 4's four limits re-chosen on the training folders (216 settings);
   rank      a linear score of the features, argmax, fitted by a softmax over each ladder (expected click / box);
-  replace   main's pick, replaced by the candidate a logistic pairwise model says beats it by > 0.05 (P > 0.5).
+  replace   main's pick, replaced by the candidate a logistic pairwise model says beats it by > 0.05 (P > 0.5),
+            any candidate (larger or smaller), with the refined-decode features;
+  smaller   the same, smaller candidates only, clicks.py's eight features (no refining decodes): step 5;
+  shipped   steps 3-5 with the constants written in clicks.py (must equal "smaller, in-sample").
+`--weights` prints the fit of "smaller" on all structures in clicks.py's raw units.
 
 Fitted rules are reported in-sample (fit on all 120) and held out (fit on five folders, measured on the sixth).
 Needs numpy and scipy only.
@@ -20,6 +24,7 @@ import argparse
 import itertools
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from scipy import ndimage
@@ -57,6 +62,10 @@ def load(d: Path):
                 offset=float(np.hypot(cx - x, cy - y) / np.sqrt(a / np.pi)), refined_iou=float(z["refined_iou"][i]),
                 refined_agree=dice(p, r), plateau=sum(j != i and not missing[j] and dice(p, parts[j]) >= 0.8 for j in range(n)),
                 dice=dice(r if r[y, x] else p, truth)))  # the search returns the refined decode when it holds the click
+        shell.pixel_mm = float(z["pixel_mm"])
+        ladder = [None if missing[i] else (z["boxes"][i], SimpleNamespace(iou=float(z["ious"][i])), parts[i]) for i in range(n)]
+        e["X8"] = shell._features(ladder, in_band, grad, (x, y))  # step 5's features, clicks.py's code
+        e["shipped"] = shell._replacement(e["X8"], step34({"c": rows}))
         box = dice(z["box_mask"], truth)
         e.update(c=rows, box=box, returned=dice(z["returned"], truth), folder="ct_mr_spine" if e["case"].startswith("spine_") else e["case"])
         e["ratio"] = np.array([0.0 if c is None else min(c["dice"] / max(box, 1e-6), 2.0) for c in rows])
@@ -112,13 +121,16 @@ def pair_features(s, j, p):
     return np.r_[a[:10], a[[0, 1, 2, 3, 8]] - b[[0, 1, 2, 3, 8]], float(j < p)]
 
 
-def fit_replace(train, lam=0.01, gain=0.05):
+def fit_replace(train, lam=0.01, gain=0.05, smaller=False, raw=False):
+    """Logistic P(candidate j beats main's pick by > `gain` x box); the rule takes the most probable j if P > 0.5.
+    `smaller`: only j below the pick, clicks.py's features (step 5). `raw`: return (weights, bias) in raw units."""
+    pf = (lambda s, j, p: C.pair_features(s["X8"], j, p)) if smaller else pair_features
     X, y = [], []
     for s in train:
         p = step34(s)
         for j, f in enumerate(s["c"]):
-            if f is not None and j != p:
-                X.append(pair_features(s, j, p))
+            if f is not None and j != p and (j < p or not smaller):
+                X.append(pf(s, j, p))
                 y.append(float(s["ratio"][j] > s["ratio"][p] + gain))
     X, y = np.array(X), np.array(y)
     mu, sd = X.mean(0), X.std(0) + 1e-9
@@ -131,13 +143,15 @@ def fit_replace(train, lam=0.01, gain=0.05):
         return -np.mean(y * np.log(q + 1e-12) + (1 - y) * np.log(1 - q + 1e-12)) + lam * w[:-1] @ w[:-1], g
 
     w = minimize(loss, np.zeros(Z.shape[1]), jac=True, method="L-BFGS-B").x
+    if raw:
+        return w[:-1] / sd, float(w[-1] - (w[:-1] * mu / sd).sum())
 
     def rule(s):
         p = step34(s)
         best, top = p, 0.5
         for j, f in enumerate(s["c"]):
-            if f is not None and j != p:
-                q = 1 / (1 + np.exp(-(np.r_[(pair_features(s, j, p) - mu) / sd, 1.0] @ w)))
+            if f is not None and j != p and (j < p or not smaller):
+                q = 1 / (1 + np.exp(-(np.r_[(pf(s, j, p) - mu) / sd, 1.0] @ w)))
                 best, top = (j, q) if q > top else (best, top)
         return best
     return rule
@@ -162,7 +176,13 @@ def figures(S, picks):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dump", type=Path)
-    S = load(ap.parse_args().dump)
+    ap.add_argument("--weights", action="store_true", help="print step 5's fit on all structures, raw units")
+    args = ap.parse_args()
+    S = load(args.dump)
+    if args.weights:
+        w, b = fit_replace(S, smaller=True, raw=True)
+        print("REPLACE_WEIGHTS = np.array([" + ", ".join(f"{v:.6g}" for v in w) + f"])\nREPLACE_BIAS = {b:.6g}")
+        return
     for s in S:
         s["X"] = rank_features(s)
     off = [s["structure"] for s in S if abs(s["c"][step34(s)]["dice"] - s["returned"]) > 1e-6]
@@ -171,7 +191,9 @@ def main():
     print(f"| main (shipped limits, chosen on these 120 in session 7) | {figures(S, [step34(s) for s in S])} |")
     print(f"| best square (oracle) | {figures(S, [int(np.argmax(s['ratio'])) for s in S])} |")
     folders = sorted({s["folder"] for s in S})
-    for name, fit in (("grid", fit_grid), ("rank", fit_rank), ("replace", fit_replace)):
+    print(f"| shipped (clicks.py's constants) | {figures(S, [s['shipped'] for s in S])} |")
+    smaller = lambda train: fit_replace(train, smaller=True)
+    for name, fit in (("grid", fit_grid), ("rank", fit_rank), ("replace", fit_replace), ("smaller", smaller)):
         rule = fit(S)
         held = {}
         for f in folders:
