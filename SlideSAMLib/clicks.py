@@ -63,7 +63,7 @@ EDGE_GAIN = 1.25  # mean intensity gradient along its outline, over that along t
 # click / box beats the choice's by > 0.05") on every candidate smaller than step 4's choice of the 120 structures
 # of the six training folders (bench_clicks_dump.py), and written here in raw units (standardisation folded in).
 # Prompt slice, 2D Dice, click / box capped at 2 (benchmarks/RESULTS_clicks.md §8): steps 3-4 alone 0.937 and 32
-# structures below 0.7 x box; with step 5 0.974 and 29 in-sample (14 changed: 10 better, 4 worse by > 0.02, among
+# structures below 0.7 x box; with step 5 0.974 and 29 in-sample (14 changed: 11 better, 3 worse by > 0.02, among
 # them example_ct's sacrum 0.96 -> 0.19 x box); fitted on five folders and measured on the sixth, for each folder,
 # 0.963 and 30 (11 better, 5 worse). A linear score over the whole ladder fitted the same way gave 1.021 in-sample
 # but 0.917 held out, step 4's limits re-chosen per fold 0.924, replacing by larger candidates too 0.941 / 33.
