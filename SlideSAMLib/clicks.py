@@ -141,7 +141,7 @@ class ClickSearch:
     def _features(self, candidates, in_band: np.ndarray, gradient: np.ndarray, click) -> np.ndarray:
         """Step 5's features of each candidate, in REPLACE_FEATURES' order (a row of NaN where it missed a click)."""
         edges = [None if c is None else _edge(c[2], gradient) for c in candidates]
-        sharpest = max(e for e in edges if e is not None)
+        sharpest = max(max(e for e in edges if e is not None), 1e-12)  # a flat slice has no edge
         features = np.full((len(candidates), len(REPLACE_FEATURES)), np.nan)
         for i, c in enumerate(candidates):
             if c is None:
