@@ -7,6 +7,7 @@ engine; an engine that cannot start says why in one line.
 import os
 import stat
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -142,6 +143,43 @@ def test_an_engine_that_cannot_start_names_the_fix(tmp_path):
     with pytest.raises(EngineError, match="exited with code 1 before it was ready .*No module named.*lacks SlideSAM's packages") as error:
         engine.client()
     assert "\n" not in str(error.value) and not engine.alive()
+
+
+@pytest.fixture
+def inside_slicers_launcher(tmp_path, monkeypatch):
+    """This process's environment as Slicer's launcher leaves it (Slicer v5.10.0 SuperBuild/External_python.cmake:
+    PYTHONHOME = Slicer's own Python, PYTHONNOUSERSITE=1, its stdlib on PYTHONPATH; here an empty folder stands for
+    that Python) and `slicer.app.startupEnvironment()` giving the environment Slicer was started in."""
+    import qt
+
+    startup = qt.QProcessEnvironment(os.environ)
+    slicer_python = tmp_path / "Slicer-5.8.1" / "lib" / "Python"
+    (slicer_python / "lib" / "python3.9").mkdir(parents=True)
+    monkeypatch.setenv("PYTHONHOME", str(slicer_python))
+    monkeypatch.setenv("PYTHONNOUSERSITE", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(slicer_python / "lib" / "python3.9"), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(startupEnvironment=lambda: startup, testingEnabled=lambda: False), raising=False)
+    return slicer_python
+
+
+def test_another_python_runs_outside_slicers_launcher_environment(inside_slicers_launcher):
+    """'Another Python' (the way for Slicer 5.6 / 5.8, whose own Python is 3.9) is checked, probed for packages and
+    started as the engine with the environment Slicer was started in: with the launcher's PYTHONHOME it cannot start."""
+    import subprocess
+
+    from SlideSAMSlicer import dependencies
+
+    other = sys.executable  # not PythonSlicer: there is none on this PATH
+    inherited = subprocess.run([other, "-c", "print(1)"], capture_output=True, text=True)
+    assert inherited.returncode != 0  # what inheriting Slicer's environment does to another Python
+    assert check_python(other) is None
+    assert dependencies.missing_packages(other) == []
+    engine = LocalEngine(python=other, log=lambda line: None, startup_timeout_s=120, threads=1)
+    try:
+        engine.client()
+        assert engine.alive() and engine.info.get("version")
+    finally:
+        engine.stop()
 
 
 def test_the_module_imports_no_model_code():

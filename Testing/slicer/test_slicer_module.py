@@ -61,7 +61,7 @@ def test_nothing_is_installed_under_testing(monkeypatch):
 
 def test_torch_for_slicers_python_without_the_pytorch_extension_says_how_to_fix(monkeypatch):
     monkeypatch.setattr(dependencies, "requirements", lambda: ["torch==99.0"])
-    monkeypatch.setattr(dependencies, "_is_slicer_python", lambda python: True)
+    monkeypatch.setattr(dependencies, "is_slicer_python", lambda python: True)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # the extension is not installed
     with pytest.raises(dependencies.EngineError, match="Extensions Manager"):
         dependencies.ensure_dependencies(sys.executable, confirm=lambda text: True)

@@ -89,3 +89,16 @@ class QShortcut(_Signals):
 
 class Qt:
     WaitCursor = 3
+
+
+class QProcessEnvironment:
+    """What `slicer.app.startupEnvironment()` returns (qSlicerCoreApplication.h:155): `keys()` and `value(name)`."""
+
+    def __init__(self, variables):
+        self._variables = dict(variables)
+
+    def keys(self):
+        return list(self._variables)
+
+    def value(self, name, defaultValue=""):
+        return self._variables.get(name, defaultValue)
