@@ -32,6 +32,7 @@ def _addEngineToPath():
 
 _addEngineToPath()
 
+from SlideSAMLib.engine_process import check_python_path  # noqa: E402  (standard library only)
 from SlideSAMLib.errors import InputError, SlideSAMError  # noqa: E402  (light: no torch)
 from SlideSAMSlicer import geometry  # noqa: E402
 from SlideSAMSlicer.logic import DEFAULT_SEGMENT_NAME, DIRECTIONS, SlideSAMLogic  # noqa: E402,F401  (re-exported: the scripting API)
@@ -151,7 +152,8 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget = getattr(self.ui, name)
             signal = {"combo": "currentIndexChanged(int)", "check": "toggled(bool)", "spin": "valueChanged(int)", "path": "currentPathChanged(QString)",
                       "text": "textChanged(QString)"}[kind]
-            widget.connect(signal, self.updateParameterNodeFromGUI)
+            for sig in (signal, "validInputChanged(bool)") if kind == "path" else (signal,):  # as the Engine Python field below
+                widget.connect(sig, self.updateParameterNodeFromGUI)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
         self.ui.restartButton.connect("clicked(bool)", self.onRestart)
         self.ui.refineButton.connect("clicked(bool)", self.onRefine)
@@ -159,6 +161,9 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
         self.ui.apiKeyLineEdit.text = os.environ.get("SLIDESAM_API_KEY", "")
+        self.ui.enginePythonPathLineEdit.currentPath = self.logic.engineSettingPython() or ""  # an application setting, not the scene's
+        for signal in ("currentPathChanged(QString)", "validInputChanged(bool)"):  # cleared: only validInputChanged (CTK updateHasValidInput)
+            self.ui.enginePythonPathLineEdit.connect(signal, self.onEnginePythonChanged)
 
         self._selectionNode = slicer.app.applicationLogic().GetSelectionNode()
         self._activePlaceNodeID = self._selectionNode.GetActivePlaceNodeID()
@@ -305,7 +310,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.enabled = not busy and self.logic.canUndo(self.ui.segmentationSelector.currentNode())
         source = self.ui.modelSourceComboBox.currentIndex
         self.ui.checkpointPathLineEdit.enabled = source == self.SOURCE_CHECKPOINT
-        self.ui.deviceComboBox.enabled = source != self.SOURCE_SERVER
+        self.ui.deviceComboBox.enabled = self.ui.enginePythonPathLineEdit.enabled = source != self.SOURCE_SERVER
         for widget in (self.ui.serverUrlLineEdit, self.ui.apiKeyLineEdit):
             widget.enabled = source == self.SOURCE_SERVER
         self.ui.testConnectionButton.enabled = source == self.SOURCE_SERVER and not busy
@@ -350,8 +355,23 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 raise InputError("no server URL: enter the address of a machine running 'slidesam serve', e.g. http://gpu-box:8765")
             self.logic.setModelSource(server=self.ui.serverUrlLineEdit.text, apiKey=self.ui.apiKeyLineEdit.text)
         else:
+            python = self.ui.enginePythonPathLineEdit.currentPath.strip() or None  # None: the setting, else PythonSlicer
+            if python:
+                check_python_path(python)
             self.logic.setModelSource(self.ui.checkpointPathLineEdit.currentPath if source == self.SOURCE_CHECKPOINT else None,
-                                      self._comboKey("deviceComboBox"))
+                                      self._comboKey("deviceComboBox"), enginePython=python)
+
+    def onEnginePythonChanged(self, *args):
+        """Save the Engine Python field (empty: Slicer's own PythonSlicer) and say at once, in one line, when it names no program
+        (its version is checked when a run starts the engine)."""
+        python = self.ui.enginePythonPathLineEdit.currentPath.strip()
+        self.logic.setEngineSettingPython(python or None)
+        try:
+            if python:
+                check_python_path(python)
+            self.ui.statusLabel.text = f"engine Python: {python or 'PythonSlicer (Slicer’s own)'}"
+        except SlideSAMError as exc:
+            self.ui.statusLabel.text = str(exc)
 
     def onTestConnection(self):
         # slicer.util.tryWithErrorDisplay shows the error and re-raises it: the label is set whatever happens.

@@ -90,19 +90,25 @@ def hidden_window() -> dict:
     return {"startupinfo": info}
 
 
+def check_python_path(python: str) -> None:
+    """One line when `python` names no program (a path that does not exist, a folder, a name not on PATH); no process is run."""
+    found = os.path.isfile(python) if os.sep in python or (os.altsep and os.altsep in python) else shutil.which(python) is not None
+    if not python or not found:
+        raise EngineError(f"the engine's Python '{python}' does not exist: name an installed Python >= 3.10 in SlideSAM's Engine Python field, or leave it empty for Slicer's own")
+
+
 def python_version(python: str, timeout_s: float = 60.0):
     """(major, minor) of the interpreter `python`; raises EngineError in one line when it does not run."""
-    if not python or (os.sep in python and not os.path.exists(python)) or (os.sep not in python and shutil.which(python) is None):
-        raise EngineError(f"the engine's Python '{python}' does not exist: name an installed Python >= 3.10 in the SlideSAM settings (Engine Python)")
+    check_python_path(python)
     try:
         out = subprocess.run([python, "-c", "import sys; print(sys.version_info[0], sys.version_info[1])"], capture_output=True, text=True, timeout=timeout_s,
                              env=python_environment(python), **hidden_window())
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EngineError(f"the engine's Python '{python}' does not run ({type(exc).__name__}: {exc}): name a working Python >= 3.10 in the SlideSAM settings") from None
+        raise EngineError(f"the engine's Python '{python}' does not run ({type(exc).__name__}: {exc}): name a working Python >= 3.10 in SlideSAM's Engine Python field") from None
     try:
         major, minor = (int(v) for v in out.stdout.split()[-2:])
     except ValueError:
-        raise EngineError(f"'{python}' is not a Python interpreter (it printed {out.stdout.strip()[:80]!r}): name a Python >= 3.10 in the SlideSAM settings") from None
+        raise EngineError(f"'{python}' is not a Python interpreter (it printed {out.stdout.strip()[:80]!r}): name a Python >= 3.10 in SlideSAM's Engine Python field") from None
     return major, minor
 
 
@@ -112,7 +118,7 @@ def check_python(python: str) -> None:
     if version < MIN_PYTHON:
         raise EngineError(
             f"the engine needs Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} and '{python}' is {version[0]}.{version[1]} "
-            "(Slicer 5.8 and older bundle 3.9): use Slicer 5.10 or newer, choose Model source 'SlideSAM server', or name a Python >= 3.10 in the SlideSAM settings"
+            "(Slicer 5.8 and older bundle 3.9): use Slicer 5.10 or newer, choose Model source 'SlideSAM server', or name a Python >= 3.10 in SlideSAM's Engine Python field"
         )
 
 
@@ -224,7 +230,7 @@ class LocalEngine:
             try:
                 self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self._dir.name, **extra)
             except OSError as exc:
-                raise EngineError(f"cannot start the engine process with '{python}' ({exc.strerror or exc}): name a working Python >= 3.10 in the SlideSAM settings") from None
+                raise EngineError(f"cannot start the engine process with '{python}' ({exc.strerror or exc}): name a working Python >= 3.10 in SlideSAM's Engine Python field") from None
         self.pid = self._proc.pid
         self.starts += 1
         self.log(f"started the engine process {self.pid}: {' '.join(command)} (log: {self.log_path})")

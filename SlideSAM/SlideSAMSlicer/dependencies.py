@@ -70,7 +70,7 @@ def missing_packages(python: Optional[str] = None, reqs: Optional[List[str]] = N
     try:
         out = subprocess.run([python, "-c", _PROBE, json.dumps(reqs)], capture_output=True, text=True, timeout=120, env=python_environment(python), **hidden_window())
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EngineError(f"cannot check the packages of '{python}' ({type(exc).__name__}): name a working Python >= 3.10 in the SlideSAM settings") from None
+        raise EngineError(f"cannot check the packages of '{python}' ({type(exc).__name__}): name a working Python >= 3.10 in SlideSAM's Engine Python field") from None
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
         raise EngineError(f"cannot check the packages of '{python}' ({last}): install pip into it, or name another Python >= 3.10")

@@ -171,12 +171,15 @@ def ctk_name_filters_pattern(name_filters):
 
 
 class PathLineEdit(Widget):
-    """ctkPathLineEdit: a QRegularExpressionValidator built from `nameFilters` guards the text, and currentPathChanged
-    is emitted only for acceptable input (ctkPathLineEdit::updateHasValidInput)."""
+    """ctkPathLineEdit: a QRegularExpressionValidator built from `nameFilters` guards the text; on each text change
+    currentPathChanged is emitted only for acceptable input, and validInputChanged(bool) when acceptability changes
+    (ctkPathLineEdit::updateHasValidInput, CTK ctkPathLineEdit.cpp:730-746): clearing the field is not acceptable input
+    (the pattern without filters is '.+'), so it emits validInputChanged(False) and no currentPathChanged."""
 
     def __init__(self, name, className, nameFilters=()):
         super().__init__(name, className)
         object.__setattr__(self, "nameFilters", list(nameFilters))
+        object.__setattr__(self, "_valid", False)  # HasValidInput of the empty text
 
     def acceptable(self, path):
         return re.fullmatch(ctk_name_filters_pattern(self.nameFilters), path) is not None
@@ -186,8 +189,14 @@ class PathLineEdit(Widget):
             return super().__setattr__(key, value)
         changed = self._ready and value != self.currentPath
         object.__setattr__(self, key, value)
-        if changed and self.acceptable(value):
+        if not changed:
+            return
+        valid, was = self.acceptable(value), self._valid
+        object.__setattr__(self, "_valid", valid)
+        if valid:
             self.emit("currentPathChanged(QString)", value)
+        if valid != was:
+            self.emit("validInputChanged(bool)", valid)
 
 
 CLASSES = {"qMRMLNodeComboBox": NodeComboBox, "qMRMLSegmentSelectorWidget": SegmentSelector, "qSlicerMarkupsPlaceWidget": PlaceWidget}
