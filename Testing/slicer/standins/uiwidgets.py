@@ -83,25 +83,57 @@ class NodeComboBox(Widget):
 
 
 class SegmentSelector(Widget):
-    """qMRMLSegmentSelectorWidget: a segmentation node and one of its segment IDs."""
+    """qMRMLSegmentSelectorWidget in single selection, as Slicer v5.10.0 qMRMLSegmentSelectorWidget.cxx does it:
+    - its segment list is filled again when the node changes and on the node's SegmentAdded / SegmentRemoved /
+      SegmentModified events (populateSegmentCombobox, :170-268): the current segment is kept if it is still there (or
+      None while noneEnabled), otherwise the *first* segment is selected and currentSegmentChanged emitted; a node
+      without segments empties the list and leaves the current ID as it was;
+    - setCurrentSegmentID (:380): "" with noneEnabled selects None; an ID not in the list changes nothing;
+    - currentSegmentChanged(QString) is emitted only when the selected entry changes (QComboBox), "" for None."""
+
+    EVENTS = (62102, 62103, 62104)  # vtkSegmentation::SegmentAdded, SegmentRemoved, SegmentModified (slicer-core's values)
 
     def __init__(self, name, className):
         super().__init__(name, className)
-        self._node, self._segmentId = None, None
-        self.segmentationNodeSelectorVisible = True
+        self._node, self._segmentId, self._items, self._index, self._tags = None, "", [], -1, []
+        self.segmentationNodeSelectorVisible, self.noneEnabled = True, False
+
+    def currentNode(self):
+        return self._node
 
     def setCurrentNode(self, node):
-        self._node = node
-        if node is None or self._segmentId and node.GetSegmentation().GetSegment(self._segmentId) is None:
-            self.setCurrentSegmentID(None)
+        if node is self._node:
+            return
+        for tag in self._tags:
+            self._node.RemoveObserver(tag)
+        self._node, self._tags = node, [node.AddObserver(e, self._populate) for e in self.EVENTS] if node is not None else []
+        self._populate()
+
+    def _populate(self, *args):
+        self._items, self._index = [], -1
+        ids = list(self._node.GetSegmentation().GetSegmentIDs()) if self._node is not None else []
+        if not ids:
+            return
+        self._items = ([""] if self.noneEnabled else []) + ids  # "" is the None entry
+        if (self.noneEnabled and not self._segmentId) or self._segmentId in ids:
+            self._index = self._items.index(self._segmentId)  # restored with signals blocked
+        else:
+            self._select(1 if self.noneEnabled else 0)  # the first segment
+
+    def _select(self, index):
+        if index == self._index or not 0 <= index < len(self._items):
+            return
+        self._index, self._segmentId = index, self._items[index]
+        self.emit("currentSegmentChanged(QString)", self._segmentId)
 
     def currentSegmentID(self):
         return self._segmentId
 
     def setCurrentSegmentID(self, segmentId):
-        if segmentId != self._segmentId:
-            self._segmentId = segmentId
-            self.emit("currentSegmentChanged(QString)", segmentId or "")
+        if not segmentId and self.noneEnabled:
+            self._select(0)
+        elif segmentId and segmentId in self._items:
+            self._select(self._items.index(segmentId))
 
 
 class PlaceWidget(Widget):
@@ -219,8 +251,8 @@ def load_ui(path):
             number = prop.findtext("number")
             if number is not None and prop.get("name") in ("minimum", "maximum"):
                 object.__setattr__(widget, prop.get("name"), int(number))
-            if prop.get("name") == "checked" and prop.findtext("bool") is not None:
-                object.__setattr__(widget, "checked", prop.findtext("bool") == "true")
+            if prop.get("name") in ("checked", "noneEnabled") and prop.findtext("bool") is not None:
+                object.__setattr__(widget, prop.get("name"), prop.findtext("bool") == "true")
         widgets[name] = widget
     root = ET.parse(path).getroot().find("widget").get("name")
     return widgets[root], widgets
