@@ -283,7 +283,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         wasModifying = node.StartModify()
         for key, name in self.NODE_REFERENCES.items():
             node.SetNodeReferenceID(key, getattr(self.ui, name).currentNodeID)
-        node.SetParameter("SegmentID", self.ui.segmentSelector.currentSegmentID() or "")
+        node.SetParameter("SegmentID", self._segmentId() or "")
         for key, (name, kind) in self.SETTINGS.items():
             widget = getattr(self.ui, name)
             value = {"combo": lambda: self._comboKey(name), "check": lambda: "true" if widget.checked else "false",
@@ -291,6 +291,12 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node.SetParameter(key, value)
         node.EndModify(wasModifying)
         self.updateButtons()
+
+    def _segmentId(self):
+        """The selected segment if the selected segmentation has it, else None (a new segment): Slicer's selector keeps the
+        previous segmentation's ID when the new one has no segments (qMRMLSegmentSelectorWidget::populateSegmentCombobox)."""
+        segmentation, segmentId = self.ui.segmentationSelector.currentNode(), self.ui.segmentSelector.currentSegmentID()
+        return segmentId if segmentId and segmentation is not None and segmentation.GetSegmentation().GetSegment(segmentId) else None
 
     def _comboKey(self, name):
         keys, index = self.COMBO_KEYS[name], getattr(self.ui, name).currentIndex
@@ -301,7 +307,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         ready = node is not None and node.GetNodeReference("InputVolume") is not None and node.GetNodeReference("Segmentation") is not None
         self.ui.propagateButton.enabled = ready and not busy
-        self.ui.restartButton.enabled = self.ui.refineButton.enabled = ready and not busy and bool(self.ui.segmentSelector.currentSegmentID())
+        self.ui.restartButton.enabled = self.ui.refineButton.enabled = ready and not busy and self._segmentId() is not None
         self.ui.cancelButton.enabled = busy
         self.ui.undoButton.enabled = not busy and self.logic.canUndo(self.ui.segmentationSelector.currentNode())
         source = self.ui.modelSourceComboBox.currentIndex
@@ -409,7 +415,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             direction, sliceRange, editor = self._options()
             axis, index, view = geometry.pick_prompt_view(volume, self._sliceNodes(), box, include, exclude) if volume else (None, None, None)
             self._promptView = view
-            return self.logic.prepareSegment(volume, segmentation, self.ui.segmentSelector.currentSegmentID() or None, box=box, points=include,
+            return self.logic.prepareSegment(volume, segmentation, self._segmentId(), box=box, points=include,
                                              excludePoints=exclude, direction=direction, sliceRange=sliceRange, axis=axis, sliceIndex=index, editorNode=editor)
 
         self._startOrReport("SlideSAM could not start", prepare)
@@ -423,7 +429,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             direction, sliceRange, editor = self._options()
             view = self._promptView or slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
             axis, index = geometry.slice_view_axis_and_index(volume, view)
-            return self.logic.prepareRestart(volume, segmentation, self.ui.segmentSelector.currentSegmentID(), index, axis=axis,
+            return self.logic.prepareRestart(volume, segmentation, self._segmentId(), index, axis=axis,
                                              direction=direction, sliceRange=sliceRange, editorNode=editor)
 
         self._startOrReport("SlideSAM could not restart", prepare)
@@ -441,7 +447,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not clicks:
                 raise InputError(f"no include or exclude point on slice {index} ({geometry.AXIS_NAMES[axis]}) shown in view '{view.GetName()}': "
                                  "place them on the slice to correct, then press Refine")
-            return self.logic.prepareRefine(volume, segmentation, self.ui.segmentSelector.currentSegmentID(), points=clicks, axis=axis,
+            return self.logic.prepareRefine(volume, segmentation, self._segmentId(), points=clicks, axis=axis,
                                             sliceRange=sliceRange, editorNode=editor)
 
         self._startOrReport("SlideSAM could not refine", prepare)
@@ -524,8 +530,11 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._background is not None:
             return
         self.ui.statusLabel.text = "undo failed"
+        segmentation, segmentId = self.ui.segmentationSelector.currentNode(), self._segmentId()
         try:
             with slicer.util.tryWithErrorDisplay("SlideSAM could not undo"):
-                self.ui.statusLabel.text = "last run undone" if self.logic.undo(self.ui.segmentationSelector.currentNode()) else "nothing to undo"
+                self.ui.statusLabel.text = "last run undone" if self.logic.undo(segmentation) else "nothing to undo"
+            if segmentId and segmentation.GetSegmentation().GetSegment(segmentId) is None:  # the run had made it; Slicer's
+                self.ui.segmentSelector.setCurrentSegmentID("")  # selector then picks the first other segment: None, as before the run
         finally:
             self.updateButtons()
