@@ -73,8 +73,8 @@ class NodeComboBox(Widget):
         return self._node
 
     @property
-    def currentNodeID(self):
-        return self._node.GetID() if self._node is not None else None
+    def currentNodeID(self):  # a QString: "" without a node (qMRMLNodeComboBox.cxx:632)
+        return self._node.GetID() if self._node is not None else ""
 
     def setCurrentNode(self, node):
         if node is not self._node:
@@ -160,13 +160,14 @@ class PlaceWidget(Widget):
     def currentNode(self):
         return self._node
 
-    def currentNodeActive(self):
+    @property
+    def currentNodeActive(self):  # a Q_PROPERTY (qSlicerMarkupsPlaceWidget.h): PythonQt reads it as an attribute, not a call
         return (self._node is not None and self._selection is not None and self._selection.GetActivePlaceNodeID() == self._node.GetID()
                 and self._selection.GetActivePlaceNodeClassName() == self._node.GetClassName())
 
     @property
     def placeModeEnabled(self):
-        return self.currentNodeActive() and self._interaction.GetCurrentInteractionMode() == self._interaction.Place
+        return self.currentNodeActive and self._interaction.GetCurrentInteractionMode() == self._interaction.Place
 
     def setPlaceModeEnabled(self, enabled):
         import slicer
@@ -176,7 +177,7 @@ class PlaceWidget(Widget):
         if not enabled:
             self._interaction.SetCurrentInteractionMode(self._interaction.ViewTransform)
             return
-        if not self.currentNodeActive():
+        if not self.currentNodeActive:
             slicer.modules.markups.logic().SetActiveList(self._node)
         if self.placeMultipleMarkups == self.ForcePlaceSingleMarkup:
             self._interaction.SetPlaceModePersistence(False)
