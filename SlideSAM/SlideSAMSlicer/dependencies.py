@@ -115,7 +115,12 @@ def ensure_dependencies(python: Optional[str] = None, confirm: Optional[Callable
             raise EngineError("torch is missing and the PyTorch extension is not installed: install 'PyTorch' from the Extensions Manager, restart Slicer, try again") from None
         status("installing torch via the PyTorch extension")
         spec = torch[0][len("torch"):].strip()
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=spec) is None:
+        try:  # installTorch runs light-the-torch through slicer.util._executePythonModule: a failed install raises CalledProcessError
+            installed = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=spec)
+        except subprocess.CalledProcessError as exc:
+            raise EngineError(f"PyTorch installation failed (light-the-torch exit code {exc.returncode}; see Slicer's log): "
+                              "open the 'PyTorch Utils' module, install torch there, try again") from None
+        if installed is None:
             raise EngineError("PyTorch installation did not complete: open the 'PyTorch Utils' module, install torch there, try again")
     rest = missing_packages(python)
     if rest:
