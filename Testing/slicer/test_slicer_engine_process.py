@@ -182,6 +182,24 @@ def test_another_python_runs_outside_slicers_launcher_environment(inside_slicers
         engine.stop()
 
 
+def test_on_windows_the_engine_probes_and_pip_open_no_console_window(monkeypatch):
+    """What slicer.util.launchConsoleProcess passes on Windows (Slicer v5.10.0 util.py:3912-3915): STARTUPINFO with
+    dwFlags 1 (STARTF_USESHOWWINDOW) and wShowWindow 0; Slicer runs without a console, so each process would open one."""
+    import subprocess
+
+    from SlideSAMLib import engine_process
+
+    class StartupInfo:  # subprocess.STARTUPINFO exists on Windows only
+        dwFlags, wShowWindow = 0, 1
+
+    assert engine_process.hidden_window() == {}  # not Windows: nothing
+    monkeypatch.setattr(engine_process.os, "name", "nt")
+    monkeypatch.setattr(subprocess, "STARTUPINFO", StartupInfo, raising=False)
+    monkeypatch.setattr(subprocess, "STARTF_USESHOWWINDOW", 1, raising=False)
+    info = engine_process.hidden_window()["startupinfo"]
+    assert (info.dwFlags, info.wShowWindow) == (1, 0)
+
+
 def test_the_module_imports_no_model_code():
     """The Slicer-side modules import without torch & co. (checked in a fresh interpreter)."""
     import subprocess
