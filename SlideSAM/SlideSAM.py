@@ -371,7 +371,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             if python:
                 check_python_path(python)
-            self.ui.statusLabel.text = f"engine Python: {python or 'PythonSlicer (Slicer’s own)'}"
+            self.ui.statusLabel.text = "engine Python: " + (python or "PythonSlicer (Slicer's own)")
         except SlideSAMError as exc:
             self.ui.statusLabel.text = str(exc)
 
