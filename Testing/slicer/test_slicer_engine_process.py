@@ -112,6 +112,12 @@ def test_engine_killed_mid_run_one_line_segment_unchanged_next_run_restarts(mrml
     np.testing.assert_array_equal(np.delete(after, range(window[0], window[1] + 1), axis=0), np.delete(before, range(window[0], window[1] + 1), axis=0))
 
 
+def a_program(path, text="#!/bin/sh\n"):
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
 def _fake_python(tmp_path, version="3 9"):
     """A stand-in for an old interpreter (this machine has no Python 3.9): prints the version the probe asks for."""
     path = tmp_path / "python3.9"
@@ -180,6 +186,21 @@ def test_another_python_runs_outside_slicers_launcher_environment(inside_slicers
         assert engine.alive() and engine.info.get("version")
     finally:
         engine.stop()
+
+
+def test_slicers_own_pythonslicer_keeps_the_launchers_environment(inside_slicers_launcher, tmp_path, monkeypatch):
+    """PythonSlicer is itself a launcher and slicer.util._executePythonModule runs it in the current environment
+    (useStartupEnvironment=False, util.py:3978); only another Python gets the startup environment."""
+    import shutil
+
+    from SlideSAMLib import engine_process
+
+    pythonslicer = a_program(tmp_path / "PythonSlicer")
+    real_which = shutil.which
+    monkeypatch.setattr(engine_process.shutil, "which", lambda name, *a, **k: pythonslicer if name == "PythonSlicer" else real_which(name, *a, **k))
+    assert engine_process.is_slicer_python(pythonslicer) and not engine_process.is_slicer_python(sys.executable)
+    assert engine_process.python_environment(pythonslicer)["PYTHONHOME"] == str(inside_slicers_launcher)
+    assert engine_process.python_environment(sys.executable).get("PYTHONHOME") != str(inside_slicers_launcher)
 
 
 def test_on_windows_the_engine_probes_and_pip_open_no_console_window(monkeypatch):
