@@ -9,15 +9,10 @@ import os
 import sys
 import traceback
 
-import numpy as np
 import qt
 import slicer
 import vtk
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
 
@@ -32,11 +27,13 @@ def _addEngineToPath():
 
 _addEngineToPath()
 
+from SlideSAMLib.engine_process import check_python_path  # noqa: E402  (standard library only)
 from SlideSAMLib.errors import InputError, SlideSAMError  # noqa: E402  (light: no torch)
 from SlideSAMSlicer import geometry  # noqa: E402
 from SlideSAMSlicer.logic import DEFAULT_SEGMENT_NAME, DIRECTIONS, SlideSAMLogic  # noqa: E402,F401  (re-exported: the scripting API)
+from SlideSAMSlicer.selftest import SlideSAMTest  # noqa: E402,F401  (Slicer runs <ModuleName>Test from this module)
 from SlideSAMSlicer.shortcuts import SHORTCUTS, shortcuts_help_html  # noqa: E402
-from SlideSAMSlicer.writer import check_editor, read_segment  # noqa: E402
+from SlideSAMSlicer.writer import check_editor  # noqa: E402
 
 
 #
@@ -151,7 +148,8 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget = getattr(self.ui, name)
             signal = {"combo": "currentIndexChanged(int)", "check": "toggled(bool)", "spin": "valueChanged(int)", "path": "currentPathChanged(QString)",
                       "text": "textChanged(QString)"}[kind]
-            widget.connect(signal, self.updateParameterNodeFromGUI)
+            for sig in (signal, "validInputChanged(bool)") if kind == "path" else (signal,):  # as the Engine Python field below
+                widget.connect(sig, self.updateParameterNodeFromGUI)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
         self.ui.restartButton.connect("clicked(bool)", self.onRestart)
         self.ui.refineButton.connect("clicked(bool)", self.onRefine)
@@ -159,6 +157,9 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
         self.ui.apiKeyLineEdit.text = os.environ.get("SLIDESAM_API_KEY", "")
+        self.ui.enginePythonPathLineEdit.currentPath = self.logic.engineSettingPython() or ""  # an application setting, not the scene's
+        for signal in ("currentPathChanged(QString)", "validInputChanged(bool)"):  # cleared: only validInputChanged (CTK updateHasValidInput)
+            self.ui.enginePythonPathLineEdit.connect(signal, self.onEnginePythonChanged)
 
         self._selectionNode = slicer.app.applicationLogic().GetSelectionNode()
         self._activePlaceNodeID = self._selectionNode.GetActivePlaceNodeID()
@@ -282,7 +283,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         wasModifying = node.StartModify()
         for key, name in self.NODE_REFERENCES.items():
             node.SetNodeReferenceID(key, getattr(self.ui, name).currentNodeID)
-        node.SetParameter("SegmentID", self.ui.segmentSelector.currentSegmentID() or "")
+        node.SetParameter("SegmentID", self._segmentId() or "")
         for key, (name, kind) in self.SETTINGS.items():
             widget = getattr(self.ui, name)
             value = {"combo": lambda: self._comboKey(name), "check": lambda: "true" if widget.checked else "false",
@@ -290,6 +291,12 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node.SetParameter(key, value)
         node.EndModify(wasModifying)
         self.updateButtons()
+
+    def _segmentId(self):
+        """The selected segment if the selected segmentation has it, else None (a new segment): Slicer's selector keeps the
+        previous segmentation's ID when the new one has no segments (qMRMLSegmentSelectorWidget::populateSegmentCombobox)."""
+        segmentation, segmentId = self.ui.segmentationSelector.currentNode(), self.ui.segmentSelector.currentSegmentID()
+        return segmentId if segmentId and segmentation is not None and segmentation.GetSegmentation().GetSegment(segmentId) else None
 
     def _comboKey(self, name):
         keys, index = self.COMBO_KEYS[name], getattr(self.ui, name).currentIndex
@@ -300,12 +307,12 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         ready = node is not None and node.GetNodeReference("InputVolume") is not None and node.GetNodeReference("Segmentation") is not None
         self.ui.propagateButton.enabled = ready and not busy
-        self.ui.restartButton.enabled = self.ui.refineButton.enabled = ready and not busy and bool(self.ui.segmentSelector.currentSegmentID())
+        self.ui.restartButton.enabled = self.ui.refineButton.enabled = ready and not busy and self._segmentId() is not None
         self.ui.cancelButton.enabled = busy
         self.ui.undoButton.enabled = not busy and self.logic.canUndo(self.ui.segmentationSelector.currentNode())
         source = self.ui.modelSourceComboBox.currentIndex
         self.ui.checkpointPathLineEdit.enabled = source == self.SOURCE_CHECKPOINT
-        self.ui.deviceComboBox.enabled = source != self.SOURCE_SERVER
+        self.ui.deviceComboBox.enabled = self.ui.enginePythonPathLineEdit.enabled = source != self.SOURCE_SERVER
         for widget in (self.ui.serverUrlLineEdit, self.ui.apiKeyLineEdit):
             widget.enabled = source == self.SOURCE_SERVER
         self.ui.testConnectionButton.enabled = source == self.SOURCE_SERVER and not busy
@@ -350,8 +357,23 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 raise InputError("no server URL: enter the address of a machine running 'slidesam serve', e.g. http://gpu-box:8765")
             self.logic.setModelSource(server=self.ui.serverUrlLineEdit.text, apiKey=self.ui.apiKeyLineEdit.text)
         else:
+            python = self.ui.enginePythonPathLineEdit.currentPath.strip() or None  # None: the setting, else PythonSlicer
+            if python:
+                check_python_path(python)
             self.logic.setModelSource(self.ui.checkpointPathLineEdit.currentPath if source == self.SOURCE_CHECKPOINT else None,
-                                      self._comboKey("deviceComboBox"))
+                                      self._comboKey("deviceComboBox"), enginePython=python)
+
+    def onEnginePythonChanged(self, *args):
+        """Save the Engine Python field (empty: Slicer's own PythonSlicer) and say at once, in one line, when it names no program
+        (its version is checked when a run starts the engine)."""
+        python = self.ui.enginePythonPathLineEdit.currentPath.strip()
+        self.logic.setEngineSettingPython(python or None)
+        try:
+            if python:
+                check_python_path(python)
+            self.ui.statusLabel.text = "engine Python: " + (python or "PythonSlicer (Slicer's own)")
+        except SlideSAMError as exc:
+            self.ui.statusLabel.text = str(exc)
 
     def onTestConnection(self):
         # slicer.util.tryWithErrorDisplay shows the error and re-raises it: the label is set whatever happens.
@@ -393,7 +415,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             direction, sliceRange, editor = self._options()
             axis, index, view = geometry.pick_prompt_view(volume, self._sliceNodes(), box, include, exclude) if volume else (None, None, None)
             self._promptView = view
-            return self.logic.prepareSegment(volume, segmentation, self.ui.segmentSelector.currentSegmentID() or None, box=box, points=include,
+            return self.logic.prepareSegment(volume, segmentation, self._segmentId(), box=box, points=include,
                                              excludePoints=exclude, direction=direction, sliceRange=sliceRange, axis=axis, sliceIndex=index, editorNode=editor)
 
         self._startOrReport("SlideSAM could not start", prepare)
@@ -407,7 +429,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             direction, sliceRange, editor = self._options()
             view = self._promptView or slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
             axis, index = geometry.slice_view_axis_and_index(volume, view)
-            return self.logic.prepareRestart(volume, segmentation, self.ui.segmentSelector.currentSegmentID(), index, axis=axis,
+            return self.logic.prepareRestart(volume, segmentation, self._segmentId(), index, axis=axis,
                                              direction=direction, sliceRange=sliceRange, editorNode=editor)
 
         self._startOrReport("SlideSAM could not restart", prepare)
@@ -425,7 +447,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not clicks:
                 raise InputError(f"no include or exclude point on slice {index} ({geometry.AXIS_NAMES[axis]}) shown in view '{view.GetName()}': "
                                  "place them on the slice to correct, then press Refine")
-            return self.logic.prepareRefine(volume, segmentation, self.ui.segmentSelector.currentSegmentID(), points=clicks, axis=axis,
+            return self.logic.prepareRefine(volume, segmentation, self._segmentId(), points=clicks, axis=axis,
                                             sliceRange=sliceRange, editorNode=editor)
 
         self._startOrReport("SlideSAM could not refine", prepare)
@@ -508,69 +530,11 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._background is not None:
             return
         self.ui.statusLabel.text = "undo failed"
+        segmentation, segmentId = self.ui.segmentationSelector.currentNode(), self._segmentId()
         try:
             with slicer.util.tryWithErrorDisplay("SlideSAM could not undo"):
-                self.ui.statusLabel.text = "last run undone" if self.logic.undo(self.ui.segmentationSelector.currentNode()) else "nothing to undo"
+                self.ui.statusLabel.text = "last run undone" if self.logic.undo(segmentation) else "nothing to undo"
+            if segmentId and segmentation.GetSegmentation().GetSegment(segmentId) is None:  # the run had made it; Slicer's
+                self.ui.segmentSelector.setCurrentSegmentID("")  # selector then picks the first other segment: None, as before the run
         finally:
             self.updateButtons()
-
-
-
-#
-# Self-test (runs inside Slicer)
-#
-class SlideSAMTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (and, against slicer-core, in Testing/slicer/test_slicer_selftest.py).
-
-    Needs no download (under --testing Slicer must fetch nothing): the volume is made here, a bright ellipsoid in
-    soft tissue, so the reference mask is known exactly.
-    """
-
-    def setUp(self):
-        slicer.mrmlScene.Clear()
-
-    def runTest(self):
-        self.setUp()
-        self.test_propagate_restart_undo()
-
-    @staticmethod
-    def makeVolume():
-        """(volume node, reference mask (k, j, i)): 96 x 96 x 40 voxels of 1.5 mm; air, a 40 HU body, a 150 HU ellipsoid."""
-        k, j, i = np.mgrid[0:40, 0:96, 0:96].astype(np.float32)
-        body = ((i - 48) / 44) ** 2 + ((j - 48) / 40) ** 2 <= 1
-        truth = ((i - 48) / 18) ** 2 + ((j - 44) / 13) ** 2 + ((k - 20) / 11) ** 2 <= 1
-        noise = np.random.default_rng(0).normal(0, 12, truth.shape)
-        voxels = (np.where(truth, 150, np.where(body, 40, -1000)) + noise).astype(np.int16)
-        volumeNode = slicer.util.addVolumeFromArray(voxels, name="SlideSAM self-test")
-        volumeNode.SetSpacing(1.5, 1.5, 1.5)
-        return volumeNode, truth
-
-    def test_propagate_restart_undo(self):
-        volumeNode, truth = self.makeVolume()
-        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        logic = SlideSAMLogic()
-        try:
-            k = 20  # the ellipsoid's largest slice; its tight box there, in voxels (i, j), turned into RAS
-            corners = geometry.ijk_to_ras(volumeNode, [(30, 31, k), (66, 57, k)])
-            self.delayDisplay("Propagating from a box on slice 20")
-            report = logic.segment(volumeNode, segmentationNode, "ellipsoid", box=(corners[0], corners[1]))
-            before = read_segment(segmentationNode, report.segmentId, volumeNode).astype(bool)
-            dice = 2.0 * np.count_nonzero(before & truth) / (np.count_nonzero(before) + np.count_nonzero(truth))
-            self.assertGreater(dice, 0.8, f"Dice {dice:.3f} against the ellipsoid")
-            restart = logic.restart(volumeNode, segmentationNode, report.segmentId, k, direction="up")
-            after = read_segment(segmentationNode, report.segmentId, volumeNode)
-            np.testing.assert_array_equal(after[: k + 1], before[: k + 1])  # the other side is untouched
-            self.assertTrue(logic.undo(segmentationNode))
-            np.testing.assert_array_equal(read_segment(segmentationNode, report.segmentId, volumeNode).astype(bool), before)
-            r = k + 3  # refine slice 23 with clicks: include at the centre, exclude inside the mask to its right (i 60)
-            self.assertTrue(before[r, 44, 48] and before[r, 44, 60])
-            include, exclude = geometry.ijk_to_ras(volumeNode, [(48, 44, r), (60, 44, r)])
-            refine = logic.refine(volumeNode, segmentationNode, report.segmentId, points=[(include, True), (exclude, False)])
-            refined = read_segment(segmentationNode, report.segmentId, volumeNode)
-            self.assertTrue(refined[r, 44, 48] and not refined[r, 44, 60])
-            self.assertTrue(logic.undo(segmentationNode))
-            np.testing.assert_array_equal(read_segment(segmentationNode, report.segmentId, volumeNode).astype(bool), before)
-            self.delayDisplay(f"Test passed: Dice {dice:.3f}; {report.summary()} / restart: {restart.summary()} / refine: {refine.summary()}")
-            return dice
-        finally:
-            logic.stopEngine()

@@ -194,6 +194,21 @@ class RefineRequest:
         if len(self.points) > MAX_POINTS:
             raise InputError(f"{len(self.points)} refinement clicks: at most {MAX_POINTS} per request")
         _where(self)
+        for s in self.current or {}:
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+                raise InputError(f"current names slice {s!r}, not a slice index (an integer >= 0): send {{index: mask}} of the result's slices")
+
+    def check_current(self, shape_kji) -> None:
+        """Refuse, before any mask is unpacked, a `current` with more slices than the volume has along `axis` or a slice
+        outside it (each mask is also capped at the largest slice, `largest_slice_pixels`)."""
+        if self.current is None:
+            return
+        n = int(shape_kji[2 - self.axis])
+        if len(self.current) > n:
+            raise InputError(f"current holds {len(self.current)} slices, the volume has {n} along {'ijk'[self.axis]}: send at most one mask per slice")
+        outside = sorted(s for s in self.current if s >= n)
+        if outside:
+            raise InputError(f"current names slice {outside[0]}, outside the volume (0..{n - 1} along {'ijk'[self.axis]}): send the masks of its slices only")
 
     @classmethod
     def of(cls, slice_mask, slice_index, points, axis=2, slice_range=None, largest_area=None, current=None) -> "RefineRequest":
@@ -219,6 +234,7 @@ class RefineRequest:
         to which slices the caller replaces (in-process and on the server alike)."""
         from .session import refine_span  # the engine side: torch is loaded there already
 
+        self.check_current(session.volume.shape)
         args, kwargs = self.session_args(largest_slice_pixels(session.volume.shape))
         result = Result.of(session.refine(*args, progress=progress, cancel=cancel, **kwargs), model)
         result.span = refine_span(result, self.slice_range)

@@ -57,18 +57,58 @@ def default_python() -> str:
     return sys.executable
 
 
+def is_slicer_python(python: str) -> bool:
+    """`python` is Slicer's own PythonSlicer launcher (found on Slicer's PATH, as slicer.util._executePythonModule finds it)."""
+    found = shutil.which("PythonSlicer")
+    return found is not None and Path(shutil.which(python) or python).resolve() == Path(found).resolve()
+
+
+def python_environment(python: str) -> dict:
+    """The environment to run `python` in.
+
+    Inside Slicer this process's environment is the launcher's: PYTHONHOME (Slicer's own Python), PYTHONPATH,
+    PYTHONNOUSERSITE=1 and library paths (Slicer v5.10.0 SuperBuild/External_python.cmake:377-423).  Another Python
+    must not inherit them (with Slicer's PYTHONHOME it does not even start), so it gets the environment Slicer was
+    started in, `slicer.util.startupEnvironment()` (Base/Python/slicer/util.py:98, what launchConsoleProcess uses for
+    outside programs).  PythonSlicer, itself a launcher, and any Python outside Slicer get this process's environment."""
+    slicer = sys.modules.get("slicer")
+    app = getattr(slicer, "app", None) if slicer is not None else None
+    if app is None or not hasattr(app, "startupEnvironment") or is_slicer_python(python):
+        return dict(os.environ)
+    import slicer.util
+
+    return dict(slicer.util.startupEnvironment())
+
+
+def hidden_window() -> dict:
+    """Popen arguments that keep a console window from opening on Windows, as slicer.util.launchConsoleProcess does
+    (STARTUPINFO, wShowWindow 0: Base/Python/slicer/util.py:3912-3915); nothing elsewhere."""
+    if os.name != "nt":
+        return {}
+    info = subprocess.STARTUPINFO()
+    info.dwFlags, info.wShowWindow = subprocess.STARTF_USESHOWWINDOW, 0
+    return {"startupinfo": info}
+
+
+def check_python_path(python: str) -> None:
+    """One line when `python` names no program (a path that does not exist, a folder, a name not on PATH); no process is run."""
+    found = os.path.isfile(python) if os.sep in python or (os.altsep and os.altsep in python) else shutil.which(python) is not None
+    if not python or not found:
+        raise EngineError(f"the engine's Python '{python}' does not exist: name an installed Python >= 3.10 in SlideSAM's Engine Python field, or leave it empty for Slicer's own")
+
+
 def python_version(python: str, timeout_s: float = 60.0):
     """(major, minor) of the interpreter `python`; raises EngineError in one line when it does not run."""
-    if not python or (os.sep in python and not os.path.exists(python)) or (os.sep not in python and shutil.which(python) is None):
-        raise EngineError(f"the engine's Python '{python}' does not exist: name an installed Python >= 3.10 in the SlideSAM settings (Engine Python)")
+    check_python_path(python)
     try:
-        out = subprocess.run([python, "-c", "import sys; print(sys.version_info[0], sys.version_info[1])"], capture_output=True, text=True, timeout=timeout_s)
+        out = subprocess.run([python, "-c", "import sys; print(sys.version_info[0], sys.version_info[1])"], capture_output=True, text=True, timeout=timeout_s,
+                             env=python_environment(python), **hidden_window())
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EngineError(f"the engine's Python '{python}' does not run ({type(exc).__name__}: {exc}): name a working Python >= 3.10 in the SlideSAM settings") from None
+        raise EngineError(f"the engine's Python '{python}' does not run ({type(exc).__name__}: {exc}): name a working Python >= 3.10 in SlideSAM's Engine Python field") from None
     try:
         major, minor = (int(v) for v in out.stdout.split()[-2:])
     except ValueError:
-        raise EngineError(f"'{python}' is not a Python interpreter (it printed {out.stdout.strip()[:80]!r}): name a Python >= 3.10 in the SlideSAM settings") from None
+        raise EngineError(f"'{python}' is not a Python interpreter (it printed {out.stdout.strip()[:80]!r}): name a Python >= 3.10 in SlideSAM's Engine Python field") from None
     return major, minor
 
 
@@ -78,7 +118,7 @@ def check_python(python: str) -> None:
     if version < MIN_PYTHON:
         raise EngineError(
             f"the engine needs Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} and '{python}' is {version[0]}.{version[1]} "
-            "(Slicer 5.8 and older bundle 3.9): use Slicer 5.10 or newer, choose Model source 'SlideSAM server', or name a Python >= 3.10 in the SlideSAM settings"
+            "(Slicer 5.8 and older bundle 3.9): use Slicer 5.10 or newer, choose Model source 'SlideSAM server', or name a Python >= 3.10 in SlideSAM's Engine Python field"
         )
 
 
@@ -182,15 +222,15 @@ class LocalEngine:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = Path(self._dir.name) / "engine.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(python_environment(python), PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join([LIB_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         command = self.command(port, key_file)
         with open(self.log_path, "wb") as out:
-            extra = {"start_new_session": True} if os.name != "nt" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+            extra = {"start_new_session": True} if os.name != "nt" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP, **hidden_window()}
             try:
                 self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self._dir.name, **extra)
             except OSError as exc:
-                raise EngineError(f"cannot start the engine process with '{python}' ({exc.strerror or exc}): name a working Python >= 3.10 in the SlideSAM settings") from None
+                raise EngineError(f"cannot start the engine process with '{python}' ({exc.strerror or exc}): name a working Python >= 3.10 in SlideSAM's Engine Python field") from None
         self.pid = self._proc.pid
         self.starts += 1
         self.log(f"started the engine process {self.pid}: {' '.join(command)} (log: {self.log_path})")

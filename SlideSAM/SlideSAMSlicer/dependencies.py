@@ -9,12 +9,11 @@ after torch, so that pip does not pull a generic torch wheel in.  Under Slicer's
 import ast
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from SlideSAMLib.engine_process import LIB_PARENT, EngineError, check_python, default_python
+from SlideSAMLib.engine_process import LIB_PARENT, EngineError, check_python, default_python, hidden_window, is_slicer_python, python_environment
 
 PYPROJECT = Path(LIB_PARENT) / "pyproject.toml"  # the repository root; the extension build puts it beside SlideSAMLib
 EXTRAS = ("server",)  # the engine process is `slidesam serve`: FastAPI and uvicorn too
@@ -69,19 +68,14 @@ def missing_packages(python: Optional[str] = None, reqs: Optional[List[str]] = N
     python = python or default_python()
     reqs = requirements() if reqs is None else reqs
     try:
-        out = subprocess.run([python, "-c", _PROBE, json.dumps(reqs)], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([python, "-c", _PROBE, json.dumps(reqs)], capture_output=True, text=True, timeout=120, env=python_environment(python), **hidden_window())
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EngineError(f"cannot check the packages of '{python}' ({type(exc).__name__}): name a working Python >= 3.10 in the SlideSAM settings") from None
+        raise EngineError(f"cannot check the packages of '{python}' ({type(exc).__name__}): name a working Python >= 3.10 in SlideSAM's Engine Python field") from None
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
         raise EngineError(f"cannot check the packages of '{python}' ({last}): install pip into it, or name another Python >= 3.10")
     missing = json.loads(out.stdout.strip().splitlines()[-1])
     return sorted(missing, key=lambda r: not r.startswith("torch"))
-
-
-def _is_slicer_python(python: str) -> bool:
-    found = shutil.which("PythonSlicer")
-    return found is not None and Path(python).resolve() == Path(found).resolve()
 
 
 def _testing() -> bool:
@@ -114,14 +108,19 @@ def ensure_dependencies(python: Optional[str] = None, confirm: Optional[Callable
     if not confirm(text):
         return False
     torch = [r for r in missing if re.match(r"torch\b", r) and not r.startswith("torchvision")]
-    if torch and _is_slicer_python(python):
+    if torch and is_slicer_python(python):
         try:
             import PyTorchUtils
         except ImportError:
             raise EngineError("torch is missing and the PyTorch extension is not installed: install 'PyTorch' from the Extensions Manager, restart Slicer, try again") from None
         status("installing torch via the PyTorch extension")
         spec = torch[0][len("torch"):].strip()
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=spec) is None:
+        try:  # installTorch runs light-the-torch through slicer.util._executePythonModule: a failed install raises CalledProcessError
+            installed = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=spec)
+        except subprocess.CalledProcessError as exc:
+            raise EngineError(f"PyTorch installation failed (light-the-torch exit code {exc.returncode}; see Slicer's log): "
+                              "open the 'PyTorch Utils' module, install torch there, try again") from None
+        if installed is None:
             raise EngineError("PyTorch installation did not complete: open the 'PyTorch Utils' module, install torch there, try again")
     rest = missing_packages(python)
     if rest:
@@ -135,7 +134,8 @@ def ensure_dependencies(python: Optional[str] = None, confirm: Optional[Callable
 def _pip_install(python: str, reqs: List[str], status: Callable[[str], None]) -> None:
     """`<python> -m pip install reqs` (what slicer.util.pip_install runs for PythonSlicer), its output as progress."""
     status("installing " + ", ".join(reqs))
-    proc = subprocess.Popen([python, "-m", "pip", "install", *reqs], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([python, "-m", "pip", "install", *reqs], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=python_environment(python), **hidden_window())
     last = ""
     for line in proc.stdout:
         if line.strip():

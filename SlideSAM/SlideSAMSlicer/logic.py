@@ -110,6 +110,15 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         value = settings().value(self.ENGINE_PYTHON_SETTING) if callable(settings) else None
         return str(value).strip() or None if value else None
 
+    def setEngineSettingPython(self, python):
+        """Save the application setting SlideSAM/EnginePython (the panel's Engine Python field); None or "" removes it.
+        A machine's path, so QSettings (slicer.app.settings(), qSlicerCoreApplication.h:409), not the scene."""
+        settings = slicer.app.settings()
+        if python and python.strip():
+            settings.setValue(self.ENGINE_PYTHON_SETTING, python.strip())
+        else:
+            settings.remove(self.ENGINE_PYTHON_SETTING)
+
     def enginePythonPath(self):
         """The Python the local engine runs with: `enginePython`, the setting, else Slicer's PythonSlicer."""
         from SlideSAMLib.engine_process import default_python

@@ -78,6 +78,22 @@ def test_bad_clicks_are_refused_in_one_line(case, clicks, message):
     assert client.session_info(session_id)["running_jobs"] == []
 
 
+@pytest.mark.parametrize("which, message", [
+    ("one more than the volume", "current holds {n1} slices, the volume has {n} along k: send at most one mask per slice"),
+    ("past the last slice", "current names slice {n}, outside the volume [(]0..{last} along k[)]"),
+    ("a negative index", "current names slice -1, not a slice index"),
+])
+def test_a_current_that_does_not_fit_the_volume_is_refused_in_one_line(case, which, message):
+    client, session_id, _, first, _ = case
+    mask = first.slice_masks[REFINE_K]
+    n = client.session_info(session_id)["shape_kji"][0]  # slices along k
+    current = {"one more than the volume": {s: mask for s in range(n + 1)}, "past the last slice": {n: mask}, "a negative index": {-1: mask}}[which]
+    with pytest.raises(InputError, match=message.format(n=n, n1=n + 1, last=n - 1)) as caught:
+        client.refine(session_id, REFINE_K, [((20.0, 20.0, REFINE_K), True)], mask, axis=2, slice_range=RANGE, current=current)
+    assert "\n" not in str(caught.value)
+    assert client.session_info(session_id)["running_jobs"] == []
+
+
 def test_without_current_the_span_runs_to_where_the_structure_ends(case):
     client, session_id, local, first, labels = case
     mask = first.slice_masks[REFINE_K]

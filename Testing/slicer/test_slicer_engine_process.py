@@ -7,6 +7,7 @@ engine; an engine that cannot start says why in one line.
 import os
 import stat
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -111,6 +112,12 @@ def test_engine_killed_mid_run_one_line_segment_unchanged_next_run_restarts(mrml
     np.testing.assert_array_equal(np.delete(after, range(window[0], window[1] + 1), axis=0), np.delete(before, range(window[0], window[1] + 1), axis=0))
 
 
+def a_program(path, text="#!/bin/sh\n"):
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
 def _fake_python(tmp_path, version="3 9"):
     """A stand-in for an old interpreter (this machine has no Python 3.9): prints the version the probe asks for."""
     path = tmp_path / "python3.9"
@@ -142,6 +149,76 @@ def test_an_engine_that_cannot_start_names_the_fix(tmp_path):
     with pytest.raises(EngineError, match="exited with code 1 before it was ready .*No module named.*lacks SlideSAM's packages") as error:
         engine.client()
     assert "\n" not in str(error.value) and not engine.alive()
+
+
+@pytest.fixture
+def inside_slicers_launcher(tmp_path, monkeypatch):
+    """This process's environment as Slicer's launcher leaves it (Slicer v5.10.0 SuperBuild/External_python.cmake:
+    PYTHONHOME = Slicer's own Python, PYTHONNOUSERSITE=1, its stdlib on PYTHONPATH; here an empty folder stands for
+    that Python) and `slicer.app.startupEnvironment()` giving the environment Slicer was started in."""
+    import qt
+
+    startup = qt.QProcessEnvironment(os.environ)
+    slicer_python = tmp_path / "Slicer-5.8.1" / "lib" / "Python"
+    (slicer_python / "lib" / "python3.9").mkdir(parents=True)
+    monkeypatch.setenv("PYTHONHOME", str(slicer_python))
+    monkeypatch.setenv("PYTHONNOUSERSITE", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(slicer_python / "lib" / "python3.9"), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(startupEnvironment=lambda: startup, testingEnabled=lambda: False), raising=False)
+    return slicer_python
+
+
+def test_another_python_runs_outside_slicers_launcher_environment(inside_slicers_launcher):
+    """'Another Python' (the way for Slicer 5.6 / 5.8, whose own Python is 3.9) is checked, probed for packages and
+    started as the engine with the environment Slicer was started in: with the launcher's PYTHONHOME it cannot start."""
+    import subprocess
+
+    from SlideSAMSlicer import dependencies
+
+    other = sys.executable  # not PythonSlicer: there is none on this PATH
+    inherited = subprocess.run([other, "-c", "print(1)"], capture_output=True, text=True)
+    assert inherited.returncode != 0  # what inheriting Slicer's environment does to another Python
+    assert check_python(other) is None
+    assert dependencies.missing_packages(other) == []
+    engine = LocalEngine(python=other, log=lambda line: None, startup_timeout_s=120, threads=1)
+    try:
+        engine.client()
+        assert engine.alive() and engine.info.get("version")
+    finally:
+        engine.stop()
+
+
+def test_slicers_own_pythonslicer_keeps_the_launchers_environment(inside_slicers_launcher, tmp_path, monkeypatch):
+    """PythonSlicer is itself a launcher and slicer.util._executePythonModule runs it in the current environment
+    (useStartupEnvironment=False, util.py:3978); only another Python gets the startup environment."""
+    import shutil
+
+    from SlideSAMLib import engine_process
+
+    pythonslicer = a_program(tmp_path / "PythonSlicer")
+    real_which = shutil.which
+    monkeypatch.setattr(engine_process.shutil, "which", lambda name, *a, **k: pythonslicer if name == "PythonSlicer" else real_which(name, *a, **k))
+    assert engine_process.is_slicer_python(pythonslicer) and not engine_process.is_slicer_python(sys.executable)
+    assert engine_process.python_environment(pythonslicer)["PYTHONHOME"] == str(inside_slicers_launcher)
+    assert engine_process.python_environment(sys.executable).get("PYTHONHOME") != str(inside_slicers_launcher)
+
+
+def test_on_windows_the_engine_probes_and_pip_open_no_console_window(monkeypatch):
+    """What slicer.util.launchConsoleProcess passes on Windows (Slicer v5.10.0 util.py:3912-3915): STARTUPINFO with
+    dwFlags 1 (STARTF_USESHOWWINDOW) and wShowWindow 0; Slicer runs without a console, so each process would open one."""
+    import subprocess
+
+    from SlideSAMLib import engine_process
+
+    class StartupInfo:  # subprocess.STARTUPINFO exists on Windows only
+        dwFlags, wShowWindow = 0, 1
+
+    assert engine_process.hidden_window() == {}  # not Windows: nothing
+    monkeypatch.setattr(engine_process.os, "name", "nt")
+    monkeypatch.setattr(subprocess, "STARTUPINFO", StartupInfo, raising=False)
+    monkeypatch.setattr(subprocess, "STARTF_USESHOWWINDOW", 1, raising=False)
+    info = engine_process.hidden_window()["startupinfo"]
+    assert (info.dwFlags, info.wShowWindow) == (1, 0)
 
 
 def test_the_module_imports_no_model_code():

@@ -61,10 +61,26 @@ def test_nothing_is_installed_under_testing(monkeypatch):
 
 def test_torch_for_slicers_python_without_the_pytorch_extension_says_how_to_fix(monkeypatch):
     monkeypatch.setattr(dependencies, "requirements", lambda: ["torch==99.0"])
-    monkeypatch.setattr(dependencies, "_is_slicer_python", lambda python: True)
+    monkeypatch.setattr(dependencies, "is_slicer_python", lambda python: True)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # the extension is not installed
     with pytest.raises(dependencies.EngineError, match="Extensions Manager"):
         dependencies.ensure_dependencies(sys.executable, confirm=lambda text: True)
+
+
+def test_a_failed_torch_install_through_the_pytorch_extension_is_one_line(monkeypatch):
+    """PyTorchUtilsLogic.installTorch (SlicerPyTorch e1c85cc PyTorchUtils.py:194-227) runs light-the-torch with
+    slicer.util._executePythonModule, whose logProcessOutput raises CalledProcessError when it fails."""
+    import subprocess
+
+    def installTorch(askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None, torchvisionVersionRequirement=None):
+        raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "light_the_torch", "install", "torch" + torchVersionRequirement])
+
+    monkeypatch.setattr(dependencies, "requirements", lambda: ["torch==99.0"])
+    monkeypatch.setattr(dependencies, "is_slicer_python", lambda python: True)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=lambda: types.SimpleNamespace(installTorch=installTorch)))
+    with pytest.raises(dependencies.EngineError, match="PyTorch installation failed .*exit code 1.*'PyTorch Utils'") as error:
+        dependencies.ensure_dependencies(sys.executable, confirm=lambda text: True)
+    assert "\n" not in str(error.value)
 
 
 def test_packages_are_installed_into_the_engines_python_after_consent(monkeypatch):

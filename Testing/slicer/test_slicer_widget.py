@@ -38,6 +38,7 @@ def env(mrml, data_dir, slidesam_model):
     layout = types.SimpleNamespace(sliceViewNames=lambda: list(views),
                                    sliceWidget=lambda name: types.SimpleNamespace(mrmlSliceNode=lambda: views[name]))
     errors = []  # what the user was shown
+    settings = qt.QSettings()  # the application settings (Slicer.ini)
 
     def loadUI(path):
         root, widgets = load_ui(path)
@@ -47,7 +48,7 @@ def env(mrml, data_dir, slidesam_model):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(slicer, "app", types.SimpleNamespace(
             applicationLogic=slicer.app.applicationLogic, mrmlScene=slicer.app.mrmlScene, layoutManager=lambda: layout,
-            setOverrideCursor=lambda cursor: None, restoreOverrideCursor=lambda: None, testingEnabled=lambda: False))
+            setOverrideCursor=lambda cursor: None, restoreOverrideCursor=lambda: None, testingEnabled=lambda: False, settings=lambda: settings))
         mp.setattr(slicer.util, "loadUI", loadUI)
         mp.setattr(slicer.util, "childWidgetVariables", lambda root: types.SimpleNamespace(**root.children))
         mp.setattr(slicer.util, "mainWindow", lambda: None)  # as with --no-main-window

@@ -89,3 +89,35 @@ class QShortcut(_Signals):
 
 class Qt:
     WaitCursor = 3
+
+
+class QProcessEnvironment:
+    """What `slicer.app.startupEnvironment()` returns (qSlicerCoreApplication.h:155): `keys()` and `value(name)`."""
+
+    def __init__(self, variables):
+        self._variables = dict(variables)
+
+    def keys(self):
+        return list(self._variables)
+
+    def value(self, name, defaultValue=""):
+        return self._variables.get(name, defaultValue)
+
+
+class QSettings:
+    """`slicer.app.settings()` (qSlicerCoreApplication.h:409): a key -> value store; value() of a missing key is None."""
+
+    def __init__(self):
+        self._values = {}
+
+    def value(self, key, defaultValue=None):
+        return self._values.get(key, defaultValue)
+
+    def setValue(self, key, value):
+        self._values[key] = value
+
+    def remove(self, key):
+        self._values.pop(key, None)
+
+    def contains(self, key):
+        return key in self._values

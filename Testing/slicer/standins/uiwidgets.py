@@ -73,8 +73,8 @@ class NodeComboBox(Widget):
         return self._node
 
     @property
-    def currentNodeID(self):
-        return self._node.GetID() if self._node is not None else None
+    def currentNodeID(self):  # a QString: "" without a node (qMRMLNodeComboBox.cxx:632)
+        return self._node.GetID() if self._node is not None else ""
 
     def setCurrentNode(self, node):
         if node is not self._node:
@@ -83,25 +83,57 @@ class NodeComboBox(Widget):
 
 
 class SegmentSelector(Widget):
-    """qMRMLSegmentSelectorWidget: a segmentation node and one of its segment IDs."""
+    """qMRMLSegmentSelectorWidget in single selection, as Slicer v5.10.0 qMRMLSegmentSelectorWidget.cxx does it:
+    - its segment list is filled again when the node changes and on the node's SegmentAdded / SegmentRemoved /
+      SegmentModified events (populateSegmentCombobox, :170-268): the current segment is kept if it is still there (or
+      None while noneEnabled), otherwise the *first* segment is selected and currentSegmentChanged emitted; a node
+      without segments empties the list and leaves the current ID as it was;
+    - setCurrentSegmentID (:380): "" with noneEnabled selects None; an ID not in the list changes nothing;
+    - currentSegmentChanged(QString) is emitted only when the selected entry changes (QComboBox), "" for None."""
+
+    EVENTS = (62102, 62103, 62104)  # vtkSegmentation::SegmentAdded, SegmentRemoved, SegmentModified (slicer-core's values)
 
     def __init__(self, name, className):
         super().__init__(name, className)
-        self._node, self._segmentId = None, None
-        self.segmentationNodeSelectorVisible = True
+        self._node, self._segmentId, self._items, self._index, self._tags = None, "", [], -1, []
+        self.segmentationNodeSelectorVisible, self.noneEnabled = True, False
+
+    def currentNode(self):
+        return self._node
 
     def setCurrentNode(self, node):
-        self._node = node
-        if node is None or self._segmentId and node.GetSegmentation().GetSegment(self._segmentId) is None:
-            self.setCurrentSegmentID(None)
+        if node is self._node:
+            return
+        for tag in self._tags:
+            self._node.RemoveObserver(tag)
+        self._node, self._tags = node, [node.AddObserver(e, self._populate) for e in self.EVENTS] if node is not None else []
+        self._populate()
+
+    def _populate(self, *args):
+        self._items, self._index = [], -1
+        ids = list(self._node.GetSegmentation().GetSegmentIDs()) if self._node is not None else []
+        if not ids:
+            return
+        self._items = ([""] if self.noneEnabled else []) + ids  # "" is the None entry
+        if (self.noneEnabled and not self._segmentId) or self._segmentId in ids:
+            self._index = self._items.index(self._segmentId)  # restored with signals blocked
+        else:
+            self._select(1 if self.noneEnabled else 0)  # the first segment
+
+    def _select(self, index):
+        if index == self._index or not 0 <= index < len(self._items):
+            return
+        self._index, self._segmentId = index, self._items[index]
+        self.emit("currentSegmentChanged(QString)", self._segmentId)
 
     def currentSegmentID(self):
         return self._segmentId
 
     def setCurrentSegmentID(self, segmentId):
-        if segmentId != self._segmentId:
-            self._segmentId = segmentId
-            self.emit("currentSegmentChanged(QString)", segmentId or "")
+        if not segmentId and self.noneEnabled:
+            self._select(0)
+        elif segmentId and segmentId in self._items:
+            self._select(self._items.index(segmentId))
 
 
 class PlaceWidget(Widget):
@@ -128,13 +160,14 @@ class PlaceWidget(Widget):
     def currentNode(self):
         return self._node
 
-    def currentNodeActive(self):
+    @property
+    def currentNodeActive(self):  # a Q_PROPERTY (qSlicerMarkupsPlaceWidget.h): PythonQt reads it as an attribute, not a call
         return (self._node is not None and self._selection is not None and self._selection.GetActivePlaceNodeID() == self._node.GetID()
                 and self._selection.GetActivePlaceNodeClassName() == self._node.GetClassName())
 
     @property
     def placeModeEnabled(self):
-        return self.currentNodeActive() and self._interaction.GetCurrentInteractionMode() == self._interaction.Place
+        return self.currentNodeActive and self._interaction.GetCurrentInteractionMode() == self._interaction.Place
 
     def setPlaceModeEnabled(self, enabled):
         import slicer
@@ -144,7 +177,7 @@ class PlaceWidget(Widget):
         if not enabled:
             self._interaction.SetCurrentInteractionMode(self._interaction.ViewTransform)
             return
-        if not self.currentNodeActive():
+        if not self.currentNodeActive:
             slicer.modules.markups.logic().SetActiveList(self._node)
         if self.placeMultipleMarkups == self.ForcePlaceSingleMarkup:
             self._interaction.SetPlaceModePersistence(False)
@@ -171,12 +204,15 @@ def ctk_name_filters_pattern(name_filters):
 
 
 class PathLineEdit(Widget):
-    """ctkPathLineEdit: a QRegularExpressionValidator built from `nameFilters` guards the text, and currentPathChanged
-    is emitted only for acceptable input (ctkPathLineEdit::updateHasValidInput)."""
+    """ctkPathLineEdit: a QRegularExpressionValidator built from `nameFilters` guards the text; on each text change
+    currentPathChanged is emitted only for acceptable input, and validInputChanged(bool) when acceptability changes
+    (ctkPathLineEdit::updateHasValidInput, CTK ctkPathLineEdit.cpp:730-746): clearing the field is not acceptable input
+    (the pattern without filters is '.+'), so it emits validInputChanged(False) and no currentPathChanged."""
 
     def __init__(self, name, className, nameFilters=()):
         super().__init__(name, className)
         object.__setattr__(self, "nameFilters", list(nameFilters))
+        object.__setattr__(self, "_valid", False)  # HasValidInput of the empty text
 
     def acceptable(self, path):
         return re.fullmatch(ctk_name_filters_pattern(self.nameFilters), path) is not None
@@ -186,8 +222,14 @@ class PathLineEdit(Widget):
             return super().__setattr__(key, value)
         changed = self._ready and value != self.currentPath
         object.__setattr__(self, key, value)
-        if changed and self.acceptable(value):
+        if not changed:
+            return
+        valid, was = self.acceptable(value), self._valid
+        object.__setattr__(self, "_valid", valid)
+        if valid:
             self.emit("currentPathChanged(QString)", value)
+        if valid != was:
+            self.emit("validInputChanged(bool)", valid)
 
 
 CLASSES = {"qMRMLNodeComboBox": NodeComboBox, "qMRMLSegmentSelectorWidget": SegmentSelector, "qSlicerMarkupsPlaceWidget": PlaceWidget}
@@ -210,8 +252,8 @@ def load_ui(path):
             number = prop.findtext("number")
             if number is not None and prop.get("name") in ("minimum", "maximum"):
                 object.__setattr__(widget, prop.get("name"), int(number))
-            if prop.get("name") == "checked" and prop.findtext("bool") is not None:
-                object.__setattr__(widget, "checked", prop.findtext("bool") == "true")
+            if prop.get("name") in ("checked", "noneEnabled") and prop.findtext("bool") is not None:
+                object.__setattr__(widget, prop.get("name"), prop.findtext("bool") == "true")
         widgets[name] = widget
     root = ET.parse(path).getroot().find("widget").get("name")
     return widgets[root], widgets

@@ -15,17 +15,25 @@ class ScriptedLoadableModule:
 
 
 class ScriptedLoadableModuleLogic:
+    """As Slicer v5.10.0 Base/Python/slicer/ScriptedLoadableModule.py:296-372 (singleton parameter nodes only)."""
+
     def __init__(self, parent=None):
         self.moduleName = self.__class__.__name__[: -len("Logic")] if self.__class__.__name__.endswith("Logic") else self.__class__.__name__
+        self.isSingletonParameterNode = True
 
     def getParameterNode(self):
         import slicer
 
         node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
-        if node is None:
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
-            node.SetSingletonTag(self.moduleName)
-        return node
+        if node is not None:
+            if node.GetAttribute("ModuleName") != self.moduleName:
+                node.SetAttribute("ModuleName", self.moduleName)
+            return node
+        node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+        node.UnRegister(None)
+        node.SetSingletonTag(self.moduleName)
+        node.SetAttribute("ModuleName", self.moduleName)
+        return slicer.mrmlScene.AddNode(node)
 
 
 class _Layout:
