@@ -8,7 +8,7 @@ Per variant and structure: 3D Dice and, per direction, the reason the chain stop
 the reference's extent (negative: stopped early, positive: ran past the end).
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/sweep_rules.py -o OUT.json [--variants a,b,c+d] [--cases x,y]
-        [--anchors-from EVAL.json ...] [--embeddings DIR]
+        [--anchors-from EVAL.json ...] [--embeddings DIR] [--features]
 
 A variant "a+b" applies both. Training folders only: the evaluation-only ones are not listed and cannot be.
 --anchors-from: take a structure's chain / oracle Dice from an earlier `slidesam eval` (or sweep) JSON of the same
@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 from SlideSAMLib import propagation, session as session_module  # noqa: E402
 from SlideSAMLib.evaluation import anchors, evaluate, metrics  # noqa: E402
@@ -189,8 +190,9 @@ def embeddings_file(folder, image, predictor) -> Path:
     return Path(folder) / f"{Path(image).parent.name}_{Path(image).name}_{key}.pt"
 
 
-def sweep_case(model, group, paths, names, out, save, known, embeddings=None, only=None, no_anchors=False):
+def sweep_case(model, group, paths, names, out, save, known, embeddings=None, only=None, no_anchors=False, features=False):
     import torch
+    from end_features import Recorder
     from SlideSAMLib.session import Session
 
     case = evaluate.load_case(*paths, name=group)
@@ -228,10 +230,15 @@ def sweep_case(model, group, paths, names, out, save, known, embeddings=None, on
             row["oracle"] = round(metrics.dice(anchors.oracle(predictor, truth), truth), 4)
             row["anchors"] = "this run"
         for name in names:
-            with applied(variant(name), session):
+            recorder = Recorder((case.spacing[1], case.spacing[0])) if features and name == names[0] else contextlib.nullcontext()
+            with applied(variant(name), session), recorder:
+                if features and name == names[0]:
+                    recorder.begin(k0)
                 p0, s0 = session.encoder_passes, time.perf_counter()
                 res = session.segment(box=evaluate._box3(box2d, k0), axis=2)
                 pred = res.volume_mask().astype(bool)
+            if features and name == names[0]:
+                row["features"] = recorder.finish(res, truth)
             row["variants"][name] = {"dice": round(metrics.dice(pred, truth), 4), "stops": stops(res, pred, truth),
                                      "passes": session.encoder_passes - p0, "seconds": round(time.perf_counter() - s0, 2)}
         del predictor.predict  # back to the class's own
@@ -309,6 +316,8 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated structure names (e.g. 'label 2'): sweep only these")
     ap.add_argument("--anchors-from", nargs="*", default=[], help="earlier eval.json / sweep JSON files with the same structures' anchors")
     ap.add_argument("--no-anchors", action="store_true", help="skip the chain and oracle (their columns read nan)")
+    ap.add_argument("--features", action="store_true", help="record each window's candidate end signals in the first "
+                    "variant's run (benchmarks/end_features.py; row['features'])")
     ap.add_argument("--embeddings", help="folder for each volume's embeddings (read if there, written after the volume)")
     args = ap.parse_args()
     from SlideSAMLib.checkpoint import load_model
@@ -338,7 +347,7 @@ def main() -> int:
 
     for group in cases:
         sweep_case(model, group, CASES[group], names, rows, save, known_anchors(args.anchors_from), args.embeddings,
-                   args.only.split(",") if args.only else None, args.no_anchors)
+                   args.only.split(",") if args.only else None, args.no_anchors, args.features)
     save(complete=True)
     print(table(rows, names))
     print()
