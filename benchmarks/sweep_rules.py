@@ -99,11 +99,18 @@ VARIANTS = {
     "vanish0.02": {"rule": {"min_area_fraction": 0.02}},
     "vanish0.05": {"rule": {"min_area_fraction": 0.05}},
     "tail0.1": {"rule": {"tail_fraction": 0.1}},
+    # session 8: the drift rule (StopRule.max_drift_iqr, DRIFT_MIN_PROMPT_PIXELS)
+    "drift-off": {"rule": {"max_drift_iqr": OFF}},
+    "drift1.0": {"rule": {"max_drift_iqr": 1.0}},
+    "drift2": {"rule": {"max_drift_iqr": 2.0}},
+    "drift3": {"rule": {"max_drift_iqr": 3.0}},
+    "driftfloor0": {"const": {"DRIFT_MIN_PROMPT_PIXELS": 0}},
+    "driftfloor50": {"const": {"DRIFT_MIN_PROMPT_PIXELS": 50}},
     "margin3": {"const": {"BOX_MARGIN_MODEL_PX": 3.0}},
     "margin4": {"const": {"BOX_MARGIN_MODEL_PX": 4.0}},
     "margin7": {"const": {"BOX_MARGIN_MODEL_PX": 7.0}},
 }
-CONSTS = ("BAND_PERCENTILES", "BAND_PAD", "MIN_COMPONENT_FRACTION", "BOX_MARGIN_MODEL_PX", "STEP_MODEL_PX")
+CONSTS = ("BAND_PERCENTILES", "BAND_PAD", "MIN_COMPONENT_FRACTION", "BOX_MARGIN_MODEL_PX", "STEP_MODEL_PX", "DRIFT_MIN_PROMPT_PIXELS")
 
 
 def variant(name: str) -> dict:
