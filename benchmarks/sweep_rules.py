@@ -174,15 +174,18 @@ def stops(res, pred: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def known_anchors(paths) -> dict:
-    """{(image file, label file, label value): (chain Dice, oracle Dice)} from earlier eval / sweep JSON files."""
+    """{(folder/image file, label file, label value): (chain Dice, oracle Dice)} from earlier eval / sweep JSON files.
+    The image's folder is part of the key: ct_chest_nodule and mr_breast_lesion both hold image.nrrd / label.nrrd
+    (before session 8 the nodule took the breast lesion's anchors)."""
     out = {}
     for path in paths:
         data = json.loads(Path(path).read_text())
         if "rows" in data:  # a sweep
             for r in data["rows"]:
-                out[(r["image"], r["label_file"], r["label"])] = (r["chain"], r["oracle"])
+                if r["case"] in CASES:
+                    out[(f"{CASES[r['case']][0].parent.name}/{r['image']}", r["label_file"], r["label"])] = (r["chain"], r["oracle"])
             continue
-        files = {c["name"]: (Path(c["image"]).name, Path(c["label"]).name) for c in data["cases"]}
+        files = {c["name"]: (f"{Path(c['image']).parent.name}/{Path(c['image']).name}", Path(c["label"]).name) for c in data["cases"]}
         for r in data["results"]:
             if "anchors" in r:
                 out[(*files[r["case"]], r["label"])] = (r["anchors"]["chain"]["dice"], r["anchors"]["oracle"]["dice"])
@@ -225,8 +228,9 @@ def sweep_case(model, group, paths, names, out, save, known, embeddings=None, on
         files = (Path(paths[0]).name, Path(paths[1]).name)
         row = {"case": group, "structure": label, "label": int(value), "image": files[0], "label_file": files[1],
                "voxels": int(truth.sum()), "prompt_slice": k0, "extent_true": metrics.extent(truth), "variants": {}}
-        if (*files, int(value)) in known:
-            row["chain"], row["oracle"] = known[(*files, int(value))]
+        key = (f"{Path(paths[0]).parent.name}/{files[0]}", files[1], int(value))
+        if key in known:
+            row["chain"], row["oracle"] = known[key]
             row["anchors"] = "earlier run"
         elif no_anchors:
             row["chain"] = row["oracle"] = float("nan")
