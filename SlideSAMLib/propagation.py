@@ -12,7 +12,8 @@ is rejected — and propagation ends on that side — when its centre mask
   * disagrees with the neighbour's prediction of the same slice (low overlap),
   * suddenly grows (leaks into a neighbour organ),
   * has a low predicted IoU, or
-  * is made of voxels whose intensities do not look like the prompted organ.
+  * is made of voxels whose intensities do not look like the prompted organ, or
+  * has drifted: its median intensity lies far from the prompt mask's, in the prompt mask's IQRs (session 8).
 Each mask is also cut to what can continue the previous slice (see `constrain`): islets
 beside the main body are dropped before they can widen the next window's box.
 Thresholds were tuned on the training volumes only (see benchmarks/RESULTS.md) and re-examined one at a time on
@@ -219,13 +220,16 @@ class IntensityModel:
         lo, hi = np.percentile(values, BAND_PERCENTILES)
         pad = BAND_PAD * max(hi - lo, 1e-6)
         self.lo, self.hi = lo - pad, hi + pad
-        if values.size >= DRIFT_MIN_PROMPT_PIXELS:
-            q1, self.median, q3 = (float(v) for v in np.percentile(values, (25, 50, 75)))
-            self.iqr = max(q3 - q1, 1e-6)
+        q1, median, q3 = (float(v) for v in np.percentile(values, (25, 50, 75)))
+        # A constant prompt mask (e.g. a lung clipped to the CT window's floor: example_ct's left upper lobe) has no
+        # spread to measure a drift in: the drift rule is off there, as for small prompt masks.
+        if values.size >= DRIFT_MIN_PROMPT_PIXELS and q3 - q1 > 1e-6:
+            self.median, self.iqr = median, q3 - q1
 
     def drift(self, image: np.ndarray, mask: np.ndarray) -> float:
         """How far the median intensity of `mask` lies from the prompted organ's, in its interquartile ranges;
-        0 for masks under 4 pixels (the vanish rule's business) or a prompt mask under DRIFT_MIN_PROMPT_PIXELS."""
+        0 for masks under 4 pixels (the vanish rule's business), a prompt mask under DRIFT_MIN_PROMPT_PIXELS or one
+        of a single intensity (no IQR)."""
         values = image[mask]
         if self.median is None or values.size < 4:
             return 0.0
