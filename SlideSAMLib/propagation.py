@@ -102,7 +102,8 @@ class StopRule:
         1.5, "|median intensity of the centre mask - the prompt mask's| in the prompt mask's IQRs (prompt masks of "
         "DRIFT_MIN_PROMPT_PIXELS or more); session 8 (RESULTS_rules.md, 'Session 8: ends', 120 training structures, "
         "default run cut offline, then real sweep variants): of 14 per-window signals it best told the first window "
-        "past a structure's end from windows inside it (AUC 0.73); 1.5: +0.0065 mean, 7 better, none worse by > 0.02 "
+        "past a structure's end from windows inside it (AUC 0.73); 1.5: mean one-box Dice 0.3969 -> 0.4032, 7 better, none "
+        "worse by > 0.02, chain ends 2+ slices past the end 91 -> 81 "
         "(mr_abdomen iliopsoas_left +0.16, ct_mr_spine CT sub-region 47 +0.23, example_ct femur_left +0.10); "
         "1.0: mr_abdomen inferior_vena_cava -0.18 (Testing/engine/test_rules.py: off lets both iliopsoas run 5 / 9 slices past)")
 

@@ -84,12 +84,12 @@ def test_intensity():
 
 def test_drifted():
     # The mask's median intensity against the prompt mask's, in the prompt mask's interquartile ranges. The prompt
-    # mask square(30, 8, 8) holds 100 + (0..99) repeated (900 px): median 149.5, IQR 50 (25th 124.5, 75th 174.5
-    # by hand: each value 9 times); a centre mask on a patch of one intensity v drifts |v - 149.5| / 50.
+    # mask square(30, 8, 8) holds 100..199, each 9 times (900 px): median 149.5, IQR 49.5 (25th 124.75, 75th 174.25,
+    # numpy's linear interpolation by hand); a centre mask on a patch of one intensity v drifts |v - 149.5| / 49.5.
     image = np.zeros(SHAPE)
     image[8:38, 8:38] = 100 + np.arange(900).reshape(30, 30) % 100
     intensity = IntensityModel(image, square(30, 8, 8))
-    assert (intensity.median, intensity.iqr) == pytest.approx((149.5, 50.0), abs=0.5)
+    assert (intensity.median, intensity.iqr) == pytest.approx((149.5, 49.5))
     limit = StopRule().max_drift_iqr
     for drift, expected in ((limit + 0.05, "drifted"), (limit - 0.05, None)):
         patched = image.copy()
@@ -100,6 +100,17 @@ def test_drifted():
     patched = image.copy()
     patched[10:30, 10:30] = 149.5 - (limit + 0.05) * intensity.iqr
     assert verdict(square(20), raw=square(30, 8, 8), image=patched, prompt_image=image) == "drifted"
+
+
+def test_drift_needs_a_prompt_mask_with_spread():
+    # Under DRIFT_MIN_PROMPT_PIXELS (20) prompt pixels, or with a single intensity (a lung clipped to the CT window's
+    # floor), the prompt mask has no median / IQR worth the name: the drift is 0 and the rule cannot fire.
+    image = np.zeros(SHAPE)
+    image[8:38, 8:38] = 100 + np.arange(900).reshape(30, 30) % 100
+    far = np.full(SHAPE, 1000.0)
+    assert IntensityModel(image, square(4, 8, 8)).drift(far, square(20)) == 0.0  # 16 px
+    assert IntensityModel(image, square(5, 8, 8)).drift(far, square(20)) > 10  # 25 px
+    assert IntensityModel(np.full(SHAPE, 100.0), square(30, 8, 8)).drift(far, square(20)) == 0.0
 
 
 def test_every_threshold_says_where_it_came_from():
