@@ -15,13 +15,14 @@ STOP_REASONS: Dict[str, str] = {
     "grew": "the mask suddenly grew (a leak into a neighbour)",
     "low-iou": "the model's own quality estimate (predicted IoU) was low",
     "intensity": "the mask's voxels did not look like the prompted structure",
+    "drifted": "the structure ended: the mask's median intensity drifted too far from the prompted structure's",
     "agrees": "the new mask agreed with the result already there, which is kept from that slice on",
     "departs": "the new mask could not replace the result already there (no overlap, or a stop rule rejected it or it vanished where the result has a mask), which is kept from that slice on",
     "kept": "the corrected slice is empty: nothing to propagate, the result beyond it is kept",
 }
 # The reasons that say the structure ends on that side: a refinement clears the rest of its range there
 # (session.refine_span); after any other reason the result beyond the last written slice is kept.
-STRUCTURE_ENDS = ("vanished", "tail", "jumped", "grew", "low-iou", "intensity")
+STRUCTURE_ENDS = ("vanished", "tail", "jumped", "grew", "low-iou", "intensity", "drifted")
 
 SIDE_WORDS = {"up": "up (higher slice indices)", "down": "down (lower slice indices)"}
 

@@ -8,7 +8,7 @@ Per variant and structure: 3D Dice and, per direction, the reason the chain stop
 the reference's extent (negative: stopped early, positive: ran past the end).
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/sweep_rules.py -o OUT.json [--variants a,b,c+d] [--cases x,y]
-        [--anchors-from EVAL.json ...] [--embeddings DIR]
+        [--anchors-from EVAL.json ...] [--embeddings DIR] [--features]
 
 A variant "a+b" applies both. Training folders only: the evaluation-only ones are not listed and cannot be.
 --anchors-from: take a structure's chain / oracle Dice from an earlier `slidesam eval` (or sweep) JSON of the same
@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 from SlideSAMLib import propagation, session as session_module  # noqa: E402
 from SlideSAMLib.evaluation import anchors, evaluate, metrics  # noqa: E402
@@ -98,11 +99,18 @@ VARIANTS = {
     "vanish0.02": {"rule": {"min_area_fraction": 0.02}},
     "vanish0.05": {"rule": {"min_area_fraction": 0.05}},
     "tail0.1": {"rule": {"tail_fraction": 0.1}},
+    # session 8: the drift rule (StopRule.max_drift_iqr, DRIFT_MIN_PROMPT_PIXELS)
+    "drift-off": {"rule": {"max_drift_iqr": OFF}},
+    "drift1.0": {"rule": {"max_drift_iqr": 1.0}},
+    "drift2": {"rule": {"max_drift_iqr": 2.0}},
+    "drift3": {"rule": {"max_drift_iqr": 3.0}},
+    "driftfloor0": {"const": {"DRIFT_MIN_PROMPT_PIXELS": 0}},
+    "driftfloor50": {"const": {"DRIFT_MIN_PROMPT_PIXELS": 50}},
     "margin3": {"const": {"BOX_MARGIN_MODEL_PX": 3.0}},
     "margin4": {"const": {"BOX_MARGIN_MODEL_PX": 4.0}},
     "margin7": {"const": {"BOX_MARGIN_MODEL_PX": 7.0}},
 }
-CONSTS = ("BAND_PERCENTILES", "BAND_PAD", "MIN_COMPONENT_FRACTION", "BOX_MARGIN_MODEL_PX", "STEP_MODEL_PX")
+CONSTS = ("BAND_PERCENTILES", "BAND_PAD", "MIN_COMPONENT_FRACTION", "BOX_MARGIN_MODEL_PX", "STEP_MODEL_PX", "DRIFT_MIN_PROMPT_PIXELS")
 
 
 def variant(name: str) -> dict:
@@ -166,15 +174,18 @@ def stops(res, pred: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def known_anchors(paths) -> dict:
-    """{(image file, label file, label value): (chain Dice, oracle Dice)} from earlier eval / sweep JSON files."""
+    """{(folder/image file, label file, label value): (chain Dice, oracle Dice)} from earlier eval / sweep JSON files.
+    The image's folder is part of the key: ct_chest_nodule and mr_breast_lesion both hold image.nrrd / label.nrrd
+    (before session 8 the nodule took the breast lesion's anchors)."""
     out = {}
     for path in paths:
         data = json.loads(Path(path).read_text())
         if "rows" in data:  # a sweep
             for r in data["rows"]:
-                out[(r["image"], r["label_file"], r["label"])] = (r["chain"], r["oracle"])
+                if r["case"] in CASES:
+                    out[(f"{CASES[r['case']][0].parent.name}/{r['image']}", r["label_file"], r["label"])] = (r["chain"], r["oracle"])
             continue
-        files = {c["name"]: (Path(c["image"]).name, Path(c["label"]).name) for c in data["cases"]}
+        files = {c["name"]: (f"{Path(c['image']).parent.name}/{Path(c['image']).name}", Path(c["label"]).name) for c in data["cases"]}
         for r in data["results"]:
             if "anchors" in r:
                 out[(*files[r["case"]], r["label"])] = (r["anchors"]["chain"]["dice"], r["anchors"]["oracle"]["dice"])
@@ -189,8 +200,9 @@ def embeddings_file(folder, image, predictor) -> Path:
     return Path(folder) / f"{Path(image).parent.name}_{Path(image).name}_{key}.pt"
 
 
-def sweep_case(model, group, paths, names, out, save, known, embeddings=None, only=None, no_anchors=False):
+def sweep_case(model, group, paths, names, out, save, known, embeddings=None, only=None, no_anchors=False, features=False):
     import torch
+    from end_features import Recorder
     from SlideSAMLib.session import Session
 
     case = evaluate.load_case(*paths, name=group)
@@ -216,8 +228,9 @@ def sweep_case(model, group, paths, names, out, save, known, embeddings=None, on
         files = (Path(paths[0]).name, Path(paths[1]).name)
         row = {"case": group, "structure": label, "label": int(value), "image": files[0], "label_file": files[1],
                "voxels": int(truth.sum()), "prompt_slice": k0, "extent_true": metrics.extent(truth), "variants": {}}
-        if (*files, int(value)) in known:
-            row["chain"], row["oracle"] = known[(*files, int(value))]
+        key = (f"{Path(paths[0]).parent.name}/{files[0]}", files[1], int(value))
+        if key in known:
+            row["chain"], row["oracle"] = known[key]
             row["anchors"] = "earlier run"
         elif no_anchors:
             row["chain"] = row["oracle"] = float("nan")
@@ -228,10 +241,15 @@ def sweep_case(model, group, paths, names, out, save, known, embeddings=None, on
             row["oracle"] = round(metrics.dice(anchors.oracle(predictor, truth), truth), 4)
             row["anchors"] = "this run"
         for name in names:
-            with applied(variant(name), session):
+            recorder = Recorder((case.spacing[1], case.spacing[0])) if features and name == names[0] else contextlib.nullcontext()
+            with applied(variant(name), session), recorder:
+                if features and name == names[0]:
+                    recorder.begin(k0)
                 p0, s0 = session.encoder_passes, time.perf_counter()
                 res = session.segment(box=evaluate._box3(box2d, k0), axis=2)
                 pred = res.volume_mask().astype(bool)
+            if features and name == names[0]:
+                row["features"] = recorder.finish(res, truth)
             row["variants"][name] = {"dice": round(metrics.dice(pred, truth), 4), "stops": stops(res, pred, truth),
                                      "passes": session.encoder_passes - p0, "seconds": round(time.perf_counter() - s0, 2)}
         del predictor.predict  # back to the class's own
@@ -309,6 +327,8 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated structure names (e.g. 'label 2'): sweep only these")
     ap.add_argument("--anchors-from", nargs="*", default=[], help="earlier eval.json / sweep JSON files with the same structures' anchors")
     ap.add_argument("--no-anchors", action="store_true", help="skip the chain and oracle (their columns read nan)")
+    ap.add_argument("--features", action="store_true", help="record each window's candidate end signals in the first "
+                    "variant's run (benchmarks/end_features.py; row['features'])")
     ap.add_argument("--embeddings", help="folder for each volume's embeddings (read if there, written after the volume)")
     args = ap.parse_args()
     from SlideSAMLib.checkpoint import load_model
@@ -338,7 +358,7 @@ def main() -> int:
 
     for group in cases:
         sweep_case(model, group, CASES[group], names, rows, save, known_anchors(args.anchors_from), args.embeddings,
-                   args.only.split(",") if args.only else None, args.no_anchors)
+                   args.only.split(",") if args.only else None, args.no_anchors, args.features)
     save(complete=True)
     print(table(rows, names))
     print()

@@ -117,6 +117,7 @@ def test_every_stop_reason_is_described_here_and_in_the_readme():
     broken = [
         replace(good, area=1), replace(good, tail_mm=rule.max_tail_mm + 1), replace(good, overlap=0.0),
         replace(good, growth=rule.max_growth + 1), replace(good, iou=0.0), replace(good, intensity_inliers=0.0),
+        replace(good, drift_iqr=rule.max_drift_iqr + 1),
     ]
     assert rule.reason(good, 1000) is None
     reasons = {rule.reason(info, 1000) for info in broken} | {"volume-end", "range-end", "cancelled"}

@@ -37,13 +37,14 @@ def one_box(session, label, rule=None):
 
 
 def test_growth_rule_ends_the_left_iliopsoas_run(mr_session, mr):
-    # Sweep: the chain runs up past the muscle's end (slices 0-6) into the pelvis; "grew" ends it 5 slices past,
-    # without the rule it runs to the volume's end (slice 19): Dice 0.572 -> 0.316.
+    # Sweep (session 7, before the drift rule, which is off here): the chain runs up past the muscle's end
+    # (slices 0-6) into the pelvis; "grew" ends it 5 slices past, without the rule it runs to the volume's end
+    # (slice 19): Dice 0.572 -> 0.316.
     label = mr[2] == ILIOPSOAS_LEFT
-    kept = one_box(mr_session, label)
+    kept = one_box(mr_session, label, StopRule(max_drift_iqr=np.inf))
     assert kept.stopped["up"] == "grew"
     assert dice(kept.volume_mask(), label) >= 0.5
-    dropped = one_box(mr_session, label, StopRule(max_growth=np.inf))
+    dropped = one_box(mr_session, label, StopRule(max_growth=np.inf, max_drift_iqr=np.inf))
     assert max(dropped.slices) == label.shape[0] - 1  # ran to the volume's end
     assert dice(dropped.volume_mask(), label) < 0.4
 
@@ -72,3 +73,21 @@ def test_the_decoders_iou_no_longer_cuts_the_left_upper_lung_lobe(ct_session, ct
     old = one_box(ct_session, label, StopRule(min_iou=0.5))
     assert old.stopped["down"] == "low-iou" and min(old.slices) >= 110
     assert dice(old.volume_mask(), label) < 0.25
+
+
+ILIOPSOAS_RIGHT = 49  # labels_total_mr.json
+
+
+@pytest.mark.parametrize("name,value,past_before", [("left", ILIOPSOAS_LEFT, 5), ("right", ILIOPSOAS_RIGHT, 9)])
+def test_drift_rule_ends_the_iliopsoas_where_the_muscle_ends(mr_session, mr, name, value, past_before):
+    # Session 8 (RESULTS_rules.md, "Session 8: ends"): both muscles end on slices 5-6; without the drift rule the
+    # up-chains ran 5 (left, "grew") and 9 (right, "vanished") slices past into the pelvis, where the masks'
+    # median intensity lies 1.5+ IQRs from the prompted muscle's; the drift rule ends them within 1 slice.
+    label = mr[2] == value
+    last = int(np.nonzero(label.reshape(label.shape[0], -1).any(axis=1))[0][-1])
+    now = one_box(mr_session, label)
+    assert now.stopped["up"] == "drifted"
+    assert max(now.slices) <= last + 1
+    old = one_box(mr_session, label, StopRule(max_drift_iqr=np.inf))
+    assert max(old.slices) >= last + past_before
+    assert dice(now.volume_mask(), label) >= dice(old.volume_mask(), label) + 0.05

@@ -20,13 +20,15 @@ def square(side: int, x0: int = 10, y0: int = 10) -> np.ndarray:
     return m
 
 
-def verdict(centre, prompt=None, raw=None, iou=0.9, previous_area=None, tail_slices=0, slice_mm=3.0, max_area=None, image=None):
+def verdict(centre, prompt=None, raw=None, iou=0.9, previous_area=None, tail_slices=0, slice_mm=3.0, max_area=None, image=None,
+            prompt_image=None):
     """The rule's reason for a window whose constrained centre mask is `centre` (defaults: a window that agrees
-    with its prompt, the same size as the previous slice, in the organ's band, with a confident decoder)."""
+    with its prompt, the same size as the previous slice, in the organ's band, with a confident decoder); the
+    organ's intensities are those of `prompt_image` (default: `image`) under the prompt mask square(30, 8, 8)."""
     prompt = centre if prompt is None else prompt
     raw = centre if raw is None else raw
     image = np.where(square(40, 5, 5), ORGAN, 0.0) if image is None else image
-    intensity = IntensityModel(image, square(30, 8, 8))
+    intensity = IntensityModel(image if prompt_image is None else prompt_image, square(30, 8, 8))
     pred = WindowPrediction(center=5, logits=torch.zeros((3, *SHAPE)), iou=iou, stability=0.9)
     area = int(centre.sum())
     info = score_slice(5, pred, raw, centre, prompt, image, intensity, area if previous_area is None else previous_area, tail_slices * slice_mm)
@@ -78,6 +80,37 @@ def test_intensity():
         image = np.where(square(40, 5, 5), ORGAN, 0.0)
         image[45:55, 45:55].flat[:n_in] = ORGAN
         assert verdict(square(20), raw=raw, image=image) == expected
+
+
+def test_drifted():
+    # The mask's median intensity against the prompt mask's, in the prompt mask's interquartile ranges. The prompt
+    # mask square(30, 8, 8) holds 100..199, each 9 times (900 px): median 149.5, IQR 49.5 (25th 124.75, 75th 174.25,
+    # numpy's linear interpolation by hand); a centre mask on a patch of one intensity v drifts |v - 149.5| / 49.5.
+    image = np.zeros(SHAPE)
+    image[8:38, 8:38] = 100 + np.arange(900).reshape(30, 30) % 100
+    intensity = IntensityModel(image, square(30, 8, 8))
+    assert (intensity.median, intensity.iqr) == pytest.approx((149.5, 49.5))
+    limit = StopRule().max_drift_iqr
+    for drift, expected in ((limit + 0.05, "drifted"), (limit - 0.05, None)):
+        patched = image.copy()
+        patched[10:30, 10:30] = 149.5 + drift * intensity.iqr
+        raw = square(30, 8, 8)  # 500 of its 900 px in the organ's band: only the drift can end the chain
+        assert verdict(square(20), raw=raw, image=patched, prompt_image=image) == expected
+    # darker drifts as much as brighter
+    patched = image.copy()
+    patched[10:30, 10:30] = 149.5 - (limit + 0.05) * intensity.iqr
+    assert verdict(square(20), raw=square(30, 8, 8), image=patched, prompt_image=image) == "drifted"
+
+
+def test_drift_needs_a_prompt_mask_with_spread():
+    # Under DRIFT_MIN_PROMPT_PIXELS (20) prompt pixels, or with a single intensity (a lung clipped to the CT window's
+    # floor), the prompt mask has no median / IQR worth the name: the drift is 0 and the rule cannot fire.
+    image = np.zeros(SHAPE)
+    image[8:38, 8:38] = 100 + np.arange(900).reshape(30, 30) % 100
+    far = np.full(SHAPE, 1000.0)
+    assert IntensityModel(image, square(4, 8, 8)).drift(far, square(20)) == 0.0  # 16 px
+    assert IntensityModel(image, square(5, 8, 8)).drift(far, square(20)) > 10  # 25 px
+    assert IntensityModel(np.full(SHAPE, 100.0), square(30, 8, 8)).drift(far, square(20)) == 0.0
 
 
 def test_every_threshold_says_where_it_came_from():
