@@ -109,13 +109,22 @@ VARIANTS = {
     "margin3": {"const": {"BOX_MARGIN_MODEL_PX": 3.0}},
     "margin4": {"const": {"BOX_MARGIN_MODEL_PX": 4.0}},
     "margin7": {"const": {"BOX_MARGIN_MODEL_PX": 7.0}},
+    # session 8, where the chain wins: the merge of the windows' logits. centre-only: each slice's mask is
+    # (almost) its own window's centre output, as in the chain (the side outputs still prompt the next window:
+    # with SIDE_WEIGHT 0 the next window would get no prompt); side-equal: the three windows weigh the same.
+    "centre-only": {"const": {"SIDE_WEIGHT": 1e-3}},
+    "side-equal": {"const": {"SIDE_WEIGHT": 2.0}},
+    # the chain's prompt: the next window's box from the previous slice's accepted (constrained) centre mask, not
+    # from the merged side outputs of slice c (the overlap rule then compares with that mask too). Sweep-only.
+    "prompt-prev": {"prompt_prev": True},
 }
-CONSTS = ("BAND_PERCENTILES", "BAND_PAD", "MIN_COMPONENT_FRACTION", "BOX_MARGIN_MODEL_PX", "STEP_MODEL_PX", "DRIFT_MIN_PROMPT_PIXELS")
+CONSTS = ("BAND_PERCENTILES", "BAND_PAD", "MIN_COMPONENT_FRACTION", "BOX_MARGIN_MODEL_PX", "STEP_MODEL_PX", "DRIFT_MIN_PROMPT_PIXELS",
+          "SIDE_WEIGHT")
 
 
 def variant(name: str) -> dict:
     """The settings of `name`; "a+b" merges a and b (b wins where both set one)."""
-    out = {"rule": {}, "const": {}, "band_off": False}
+    out = {"rule": {}, "const": {}, "band_off": False, "prompt_prev": False}
     for part in name.split("+"):
         if part not in VARIANTS:
             raise SystemExit(f"unknown variant {part!r}: one of {', '.join(VARIANTS)}")
@@ -123,6 +132,7 @@ def variant(name: str) -> dict:
         out["rule"].update(v.get("rule", {}))
         out["const"].update(v.get("const", {}))
         out["band_off"] |= v.get("band_off", False)
+        out["prompt_prev"] |= v.get("prompt_prev", False)
     return out
 
 
@@ -131,6 +141,7 @@ def applied(settings: dict, session):
     """The session propagates with `settings`; everything is put back afterwards."""
     saved = {n: getattr(propagation, n) for n in CONSTS}
     saved_rule, saved_band = session.stop_rule, propagation.IntensityModel.band
+    saved_window = propagation.Propagator._window
     try:
         for n, v in settings["const"].items():
             setattr(propagation, n, v)
@@ -140,6 +151,15 @@ def applied(settings: dict, session):
             propagation.Propagator, box_margin_model_px=propagation.BOX_MARGIN_MODEL_PX, step_model_px=propagation.STEP_MODEL_PX)
         if settings["band_off"]:
             propagation.IntensityModel.band = lambda self, image: np.ones(np.shape(image), bool)
+        if settings["prompt_prev"]:
+            def window_from_previous(self, c, chain, lo, hi):
+                merged = self.merged
+                self.merged = lambda s: chain.previous_mask if s == c else merged(s)
+                try:
+                    return saved_window(self, c, chain, lo, hi)
+                finally:
+                    del self.merged  # back to the class's own
+            propagation.Propagator._window = window_from_previous
         yield
     finally:
         for n, v in saved.items():
@@ -147,6 +167,7 @@ def applied(settings: dict, session):
         session.stop_rule = saved_rule
         session_module.Propagator = propagation.Propagator
         propagation.IntensityModel.band = saved_band
+        propagation.Propagator._window = saved_window
 
 
 def memoised(predictor):
