@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_clicks_slice import CASES, D, SharedDecodes
+from bench_clicks_slice import click_mask, prompt_slices
 
 
 def main():
@@ -28,59 +28,39 @@ def main():
     args = ap.parse_args()
     import torch
 
-    from SlideSAMLib import Session, clicks, load_model
-    from SlideSAMLib.evaluation.evaluate import MIN_AREA, load_case
+    from SlideSAMLib import clicks, load_model
     from SlideSAMLib.propagation import grown_box
-    from SlideSAMLib.training.prompts import deepest_point, tight_box
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     args.out.mkdir(parents=True, exist_ok=True)
     model = load_model(device="cpu")
     print(f"load {'/'.join(f'{v:.1f}' for v in os.getloadavg())}, torch threads {torch.get_num_threads()}", flush=True)
     index, t0 = [], time.time()
-    for name, image, label, names in CASES:
-        if args.only and name not in args.only:
-            continue
-        c = load_case(D / image, D / label, D / names if names else None)
-        session = Session(model, c.volume, spacing=c.spacing)
-        pred = session.predictor(2)
-        pixel_mm = float(np.mean(c.spacing[:2]))
-        for value, sname in c.structures.items():
-            truth = c.labels == value
-            areas = truth.sum(axis=(1, 2))
-            if areas.max() < MIN_AREA:
+    for name, sname, shared, pixel_mm, k, truth_k, pixels, (x, y), box_mask in prompt_slices(model, args.only):
+        search = clicks.ClickSearch(shared, pixel_mm)
+        returned = click_mask(search, k, x, y, f"{name} {sname}")
+        returned = np.zeros_like(truth_k) if returned is None else returned
+        n = len(search.candidates)
+        shape = truth_k.shape
+        parts, refined = np.zeros((n, *shape), bool), np.zeros((n, *shape), bool)
+        boxes, ious, stab, r_iou, missing = np.zeros((n, 4)), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, bool)
+        for i, cand in enumerate(search.candidates):
+            if cand is None:
+                missing[i] = True
                 continue
-            k = int(areas.argmax())
-            x, y = deepest_point(truth[k])
-            shared = SharedDecodes(pred)
-            box_mask = (pred.predict(k, box=tight_box(truth[k])).logits[1] > 0).numpy()
-            search = clicks.ClickSearch(shared, pixel_mm)
-            try:
-                returned = (search.predict(k, [(x, y, True)]).logits[1] > 0).numpy()
-            except Exception as e:  # InputError: no candidate held the click
-                print(f"  {name} {sname}: {e}")
-                returned = np.zeros_like(truth[k])
-            n = len(search.candidates)
-            shape = truth[k].shape
-            parts, refined = np.zeros((n, *shape), bool), np.zeros((n, *shape), bool)
-            boxes, ious, stab, r_iou, missing = np.zeros((n, 4)), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, bool)
-            for i, cand in enumerate(search.candidates):
-                if cand is None:
-                    missing[i] = True
-                    continue
-                box, p, part = cand
-                boxes[i], ious[i], stab[i], parts[i] = box, p.iou, p.stability, part
-                rp = shared.predict(k, box=grown_box(part, search.margin))
-                refined[i], r_iou[i] = (rp.logits[1] > 0).numpy(), rp.iou
-            file = args.out / f"{len(index):03d}.npz"
-            np.savez_compressed(
-                file, image=np.asarray(pred.stack[[k]][0], np.float32), truth=truth[k], box_mask=box_mask, click=np.array([x, y]),
-                boxes=boxes, ious=ious, stability=stab, parts=parts, refined=refined, refined_iou=r_iou, missing=missing,
-                returned=returned, pixel_mm=pixel_mm, ring_px=search.ring_px, disc_px=search.disc_px,
-            )
-            index.append({"file": file.name, "case": name, "structure": sname, "pixels": int(areas[k])})
-            print(f"{file.name} {name} {sname} {int(areas[k])} px, {time.time() - t0:.0f} s", flush=True)
-            (args.out / "index.json").write_text(json.dumps(index, indent=1))
+            box, p, part = cand
+            boxes[i], ious[i], stab[i], parts[i] = box, p.iou, p.stability, part
+            rp = shared.predict(k, box=grown_box(part, search.margin))
+            refined[i], r_iou[i] = (rp.logits[1] > 0).numpy(), rp.iou
+        file = args.out / f"{len(index):03d}.npz"
+        np.savez_compressed(
+            file, image=np.asarray(shared.stack[[k]][0], np.float32), truth=truth_k, box_mask=box_mask, click=np.array([x, y]),
+            boxes=boxes, ious=ious, stability=stab, parts=parts, refined=refined, refined_iou=r_iou, missing=missing,
+            returned=returned, pixel_mm=pixel_mm, ring_px=search.ring_px, disc_px=search.disc_px,
+        )
+        index.append({"file": file.name, "case": name, "structure": sname, "pixels": pixels})
+        print(f"{file.name} {name} {sname} {pixels} px, {time.time() - t0:.0f} s", flush=True)
+        (args.out / "index.json").write_text(json.dumps(index, indent=1))
     print(f"{len(index)} structures, {time.time() - t0:.0f} s")
 
 

@@ -58,28 +58,16 @@ class SharedDecodes:
         return self._seen[key]
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", type=Path, help="another clicks.py to measure beside this checkout's")
-    ap.add_argument("--only", nargs="*", help="case names to run (default: all)")
-    ap.add_argument("-o", "--output", type=Path)
-    args = ap.parse_args()
-    import torch
-
-    from SlideSAMLib import Session, clicks, load_model
+def prompt_slices(model, only=None):
+    """Every training structure's prompt slice, as `slidesam eval` places its prompts: (case name, structure name,
+    the decodes shared by the variants, pixel mm, slice k, its reference, its area, the click (x, y), the tight box's
+    mask). One Session per volume: one encoded window per structure."""
+    from SlideSAMLib import Session
     from SlideSAMLib.evaluation.evaluate import MIN_AREA, load_case
-    from SlideSAMLib.evaluation.metrics import dice
     from SlideSAMLib.training.prompts import deepest_point, tight_box
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    searches = {"new": clicks}
-    if args.baseline:
-        searches = {"old": load_clicks(args.baseline, "_baseline_clicks"), **searches}
-    model = load_model(device="cpu")
-    print(f"load {'/'.join(f'{v:.1f}' for v in os.getloadavg())}, torch threads {torch.get_num_threads()}, variants {list(searches)}", flush=True)
-    rows, t0 = [], time.time()
     for name, image, label, names in CASES:
-        if args.only and name not in args.only:
+        if only and name not in only:
             continue
         c = load_case(D / image, D / label, D / names if names else None)
         session = Session(model, c.volume, spacing=c.spacing)
@@ -91,21 +79,47 @@ def main():
             if areas.max() < MIN_AREA:
                 continue
             k = int(areas.argmax())
-            x, y = deepest_point(truth[k])
             shared = SharedDecodes(pred)
-            box = (pred.predict(k, box=tight_box(truth[k])).logits[1] > 0).numpy()
-            row = {"case": name, "structure": sname, "pixels": int(areas[k]), "box": round(dice(box, truth[k]), 4)}
-            for v, module in searches.items():
-                search = module.ClickSearch(shared, pixel_mm)
-                try:
-                    mask = (search.predict(k, [(x, y, True)]).logits[1] > 0).numpy()
-                except Exception as e:  # InputError: no candidate held the click
-                    print(f"  {name} {sname} {v}: {e}")
-                    mask = np.zeros_like(truth[k])
-                row[v] = round(dice(mask, truth[k]), 4)
-                row[f"{v}_pixels"] = int(mask.sum())
-            rows.append(row)
-            print(" | ".join(f"{row[c]}" for c in row), flush=True)
+            box_mask = (pred.predict(k, box=tight_box(truth[k])).logits[1] > 0).numpy()
+            yield name, sname, shared, pixel_mm, k, truth[k], int(areas[k]), deepest_point(truth[k]), box_mask
+
+
+def click_mask(search, k, x, y, label):
+    """The search's mask for one include click at (x, y); empty (and said) where no candidate held it."""
+    try:
+        return (search.predict(k, [(x, y, True)]).logits[1] > 0).numpy()
+    except Exception as e:  # InputError: no candidate held the click
+        print(f"  {label}: {e}")
+        return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", type=Path, help="another clicks.py to measure beside this checkout's")
+    ap.add_argument("--only", nargs="*", help="case names to run (default: all)")
+    ap.add_argument("-o", "--output", type=Path)
+    args = ap.parse_args()
+    import torch
+
+    from SlideSAMLib import clicks, load_model
+    from SlideSAMLib.evaluation.metrics import dice
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    searches = {"new": clicks}
+    if args.baseline:
+        searches = {"old": load_clicks(args.baseline, "_baseline_clicks"), **searches}
+    model = load_model(device="cpu")
+    print(f"load {'/'.join(f'{v:.1f}' for v in os.getloadavg())}, torch threads {torch.get_num_threads()}, variants {list(searches)}", flush=True)
+    rows, t0 = [], time.time()
+    for name, sname, shared, pixel_mm, k, truth_k, pixels, (x, y), box in prompt_slices(model, args.only):
+        row = {"case": name, "structure": sname, "pixels": pixels, "box": round(dice(box, truth_k), 4)}
+        for v, module in searches.items():
+            mask = click_mask(module.ClickSearch(shared, pixel_mm), k, x, y, f"{name} {sname} {v}")
+            mask = np.zeros_like(truth_k) if mask is None else mask
+            row[v] = round(dice(mask, truth_k), 4)
+            row[f"{v}_pixels"] = int(mask.sum())
+        rows.append(row)
+        print(" | ".join(f"{row[c]}" for c in row), flush=True)
     print(f"{len(rows)} structures, {time.time() - t0:.0f} s")
     summarise(rows, list(searches))
     if args.output:
