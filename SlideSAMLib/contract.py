@@ -229,14 +229,15 @@ class RefineRequest:
         return (self.slice_index, [(p.ijk, p.include) for p in self.points], self.mask.decode(max_pixels)), {
             "axis": self.axis, "slice_range": self.slice_range, "largest_area": self.largest_area, "current": current}
 
-    def run_on(self, session, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None, model: str = "") -> "Result":
+    def run_on(self, session, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None, model: str = "",
+               slice_done: Optional[SliceDoneFn] = None) -> "Result":
         """`session.refine` (an engine Session) with this request, the Result's `span` set: the engine's one answer
-        to which slices the caller replaces (in-process and on the server alike)."""
+        to which slices the caller replaces (in-process and on the server alike); slice_done as `Session.refine`'s."""
         from .session import refine_span  # the engine side: torch is loaded there already
 
         self.check_current(session.volume.shape)
         args, kwargs = self.session_args(largest_slice_pixels(session.volume.shape))
-        result = Result.of(session.refine(*args, progress=progress, cancel=cancel, **kwargs), model)
+        result = Result.of(session.refine(*args, progress=progress, cancel=cancel, slice_done=slice_done, **kwargs), model)
         result.span = refine_span(result, self.slice_range)
         return result
 
@@ -346,8 +347,8 @@ class InProcessSession(ContractSession):
             slice_done: Optional[SliceDoneFn] = None) -> Result:
         if isinstance(request, SegmentRequest):
             result = self.session.segment(progress=progress, cancel=cancel, slice_done=slice_done, **request.session_kwargs())
-        elif isinstance(request, RefineRequest):  # Session.refine takes no slice_done: its slices come with the result
-            return request.run_on(self.session, progress, cancel, self.model)
+        elif isinstance(request, RefineRequest):
+            return request.run_on(self.session, progress, cancel, self.model, slice_done)
         else:
             args, kwargs = request.session_args(largest_slice_pixels(self.session.volume.shape))
             result = self.session.restart(*args, progress=progress, cancel=cancel, slice_done=slice_done, **kwargs)

@@ -268,6 +268,7 @@ class Session:
         current: Optional[Dict[int, np.ndarray]] = None,
         agree_dice: float = AGREE_DICE,
         depart_dice: Optional[float] = DEPART_DICE,
+        slice_done: Optional[SliceDoneFn] = None,
     ) -> PropagationResult:
         """Correct slice `slice_index` of a propagated result with clicks, then propagate again from it both ways.
 
@@ -286,7 +287,8 @@ class Session:
         is kept as it is and propagation runs up and down from it within `slice_range`; the caller replaces the
         slices `refine_span(result, slice_range)` names (without `current`: the whole range; an all-excluded slice
         comes back empty, stopped "vanished" both ways). Windows already in the cache are not encoded again.
-        `largest_area`: as in `restart`.
+        `largest_area`: as in `restart`. slice_done(index, mask): as in `segment`, the corrected slice first, then each
+        slice as it is accepted (only slices the result holds: a side's stopping slice, "agrees" / "departs", is not sent).
         """
         if axis not in (0, 1, 2):
             raise InputError(f"slice axis {axis} is not 0 (i), 1 (j) or 2 (k)")
@@ -320,13 +322,15 @@ class Session:
             box = box_of(corrected)
             if box is None:
                 side = "kept" if current is not None else "vanished"  # nothing to propagate from an empty slice
+                if slice_done is not None:
+                    slice_done(k, corrected)
                 result = PropagationResult(axis=axis, stack_shape=pred.stack.shape, slice_masks={k: corrected},
                                            stopped={"up": side, "down": side}, prompt="refine")
                 return result
             x0, y0, x1, y1 = box
             first = pred.predict(k, box=(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
             first = cleared(first, mask & ~corrected)  # what a click removed stays out of the neighbours' prompts
-            prop = Propagator(pred, self.stack_spacing(axis), self.stop_rule, progress, cancel)
+            prop = Propagator(pred, self.stack_spacing(axis), self.stop_rule, progress, cancel, slice_done=slice_done)
             result = prop.run(k, first, DIRECTIONS["both"], lo, hi, fixed_start_mask=corrected, largest_area=int(largest_area or 0),
                               stop_at=stop_at)
             result.encoder_passes = pred.encoder_passes - passes

@@ -220,8 +220,8 @@ def create_app(
     async def refine(session_id: str, body: RefineRequest):
         entry = store.get(session_id)
 
-        def work(progress, cancelled, slice_done):  # Session.refine streams no slices: they come with the result
-            return body.run_on(entry.session, progress, cancelled, model.source)
+        def work(progress, cancelled, slice_done):
+            return body.run_on(entry.session, progress, cancelled, model.source, slice_done)
 
         return await _run_job(store, entry, work, model.source)
 

@@ -121,8 +121,8 @@ class SlideSAMWebLogic:
             self.server.state.slidesam_can_undo = bool(undo is not None and undo.can_undo())
 
     def _range_changed(self, slidesam_range_on=False, slidesam_range_from="", slidesam_range_to="", **_) -> None:
-        """"Only slices" as the server holds it, sent back to the page (a browser test waits for it before pressing a run:
-        typed values reach the server a moment after the keys, and a run started sooner used the old range)."""
+        """"Only slices" as the server holds it, sent back to the page (a browser test waits for it where it needs the
+        server's state; the run buttons do not: they send the fields with the click, see `propagate`)."""
         self._set(range_seen=[bool(slidesam_range_on), str(slidesam_range_from).strip(), str(slidesam_range_to).strip()])
 
     def _set(self, **values) -> None:
@@ -225,14 +225,17 @@ class SlideSAMWebLogic:
             raise SlideSAMError("no volume loaded: open one with the upload button, or give its path to 'slidesam web IMAGE'")
         return volume, segmentation
 
-    def propagate(self) -> None:
-        self._start(self._propagate())
+    # The run buttons send the fields a run reads with the click itself (panel.RUN_FIELDS): the page pushes a typed
+    # value to the server only once its earlier pushes are answered, while a click goes at once, so a run that read the
+    # server's state could use the value from before the last keystroke (Testing/web/test_web_typed_range.py).
+    def propagate(self, range_on, range_from, range_to, direction) -> None:
+        self._start(self._propagate((range_on, range_from, range_to), direction))
 
-    def restart(self) -> None:
-        self._start(self._restart())
+    def restart(self, range_on, range_from, range_to, direction) -> None:
+        self._start(self._restart((range_on, range_from, range_to), direction))
 
-    def refine(self) -> None:
-        self._start(self._refine())
+    def refine(self, range_on, range_from, range_to) -> None:
+        self._start(self._refine((range_on, range_from, range_to)))
 
     def _start(self, run) -> None:
         """Start a run and return at once.  The page's connection handles one message at a time (wslink awaits each
@@ -242,7 +245,7 @@ class SlideSAMWebLogic:
         self._tasks.add(task)  # the loop keeps only a weak reference to a task
         task.add_done_callback(self._tasks.discard)
 
-    async def _propagate(self) -> None:
+    async def _propagate(self, range_fields, direction: str) -> None:
         def prepare():
             volume, segmentation = self._nodes()
             box, include, exclude = self._prompt_nodes()
@@ -251,7 +254,7 @@ class SlideSAMWebLogic:
             self._prompt_view = view or self._prompt_view
             job = self.logic.prepareSegment(
                 volume, segmentation, self.editor.get_active_segment_id() or None, box=box, points=include, excludePoints=exclude,
-                direction=self.server.state.slidesam_direction, sliceRange=self._slice_range(), axis=axis, sliceIndex=index,
+                direction=direction, sliceRange=self._slice_range(*range_fields), axis=axis, sliceIndex=index,
                 editorNode=self.editor.editor_node,
             )
             request = job.requests[0]  # the contract's SegmentRequest, as the engine receives it
@@ -260,19 +263,19 @@ class SlideSAMWebLogic:
 
         await self._run("propagate", prepare)
 
-    async def _restart(self) -> None:
+    async def _restart(self, range_fields, direction: str) -> None:
         def prepare():
             volume, segmentation = self._nodes()
             segment_id = self.editor.get_active_segment_id()
             view = self._prompt_view or self.app.scene.GetFirstNodeByName("Red")
             axis, index = self.geometry.slice_view_axis_and_index(volume, view)
-            job = self.logic.prepareRestart(volume, segmentation, segment_id, index, axis=axis, direction=self.server.state.slidesam_direction,
-                                            sliceRange=self._slice_range(), editorNode=self.editor.editor_node)
+            job = self.logic.prepareRestart(volume, segmentation, segment_id, index, axis=axis, direction=direction,
+                                            sliceRange=self._slice_range(*range_fields), editorNode=self.editor.editor_node)
             return job, {"restart_slice": index, "axis": axis}
 
         await self._run("restart", prepare)
 
-    async def _refine(self) -> None:
+    async def _refine(self, range_fields) -> None:
         def prepare():
             volume, segmentation = self._nodes()
             self.app.markups_logic.disable_place_mode()
@@ -284,8 +287,8 @@ class SlideSAMWebLogic:
             if not segment_id:
                 raise SlideSAMError("no segment selected: select the segment to refine in the segment editor")
             axis, _index, view = self.geometry.pick_prompt_view(volume, self._slice_nodes(), None, clicks)  # none: the segment's last axis
-            job = self.logic.prepareRefine(volume, segmentation, segment_id, points=clicks, axis=axis, sliceRange=self._slice_range(),
-                                           editorNode=self.editor.editor_node)
+            job = self.logic.prepareRefine(volume, segmentation, segment_id, points=clicks, axis=axis,
+                                           sliceRange=self._slice_range(*range_fields), editorNode=self.editor.editor_node)
             self._prompt_view = view or self._prompt_view
             request = job.requests[0]  # the contract's RefineRequest, as the engine receives it
             return job, {"refine_slice": request.slice_index, "axis": job.axis,
@@ -293,15 +296,16 @@ class SlideSAMWebLogic:
 
         await self._run("refine", prepare)
 
-    def _slice_range(self):
-        """(first, last) slice indices along the prompt's axis when "Only slices" is ticked, else None (the whole volume)."""
-        state = self.server.state
-        if not state.slidesam_range_on:
+    @staticmethod
+    def _slice_range(range_on, range_from, range_to):
+        """(first, last) slice indices along the prompt's axis when "Only slices" is ticked, else None (the whole volume);
+        the values are the page's fields as the run button sent them with its click (see `propagate`)."""
+        if not range_on:
             return None
         try:
-            first, last = (int(str(state[f"slidesam_range_{end}"]).strip()) for end in ("from", "to"))
+            first, last = (int(str(value).strip()) for value in (range_from, range_to))
         except ValueError:
-            raise SlideSAMError(f"the slice range '{state.slidesam_range_from}' to '{state.slidesam_range_to}' is not two whole slice numbers: "
+            raise SlideSAMError(f"the slice range '{range_from}' to '{range_to}' is not two whole slice numbers: "
                                 "type both, or untick 'Only slices'") from None
         return first, last
 

@@ -6,6 +6,13 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
 DIRECTIONS = [("both", "both ways"), ("up", "up (higher slice index)"), ("down", "down (lower slice index)")]
+# What a run reads from the fields, sent with the run button's click itself (trame: trigger(name, [args])).  The page
+# pushes a typed value to the server only once its earlier pushes are answered, while a click goes at once: a run that
+# read the server's state after "type the range, click" could use the range from before the last keystroke
+# (Testing/web/test_web_typed_range.py).  SlideSAMWebLogic.propagate / restart / refine take these in this order.
+RANGE_FIELDS = "slidesam_range_on, slidesam_range_from, slidesam_range_to"
+RUN_FIELDS = f"[{RANGE_FIELDS}, slidesam_direction]"  # Propagate, Restart
+REFINE_FIELDS = f"[{RANGE_FIELDS}]"  # Refine (one slice: no direction)
 
 
 def _button(text, click, element_id, icon=None, **kwargs):
@@ -57,10 +64,10 @@ def build_panel(server, ctrl):
                                   id=f"slidesam-range-{end}", disabled=("slidesam_busy || !slidesam_range_on",), classes="mx-1", style="max-width: 90px;")
             html.Div("into segment: {{ slidesam_segment || 'a new one (SlideSAM)' }}", id="slidesam-segment", classes="text-caption")
             with html.Div(classes="d-flex flex-wrap"):
-                _button("Propagate", ctrl.propagate, "slidesam-propagate", "mdi-play", color="primary", disabled=("slidesam_busy",))
+                _button("Propagate", (ctrl.propagate, RUN_FIELDS), "slidesam-propagate", "mdi-play", color="primary", disabled=("slidesam_busy",))
                 _button("Cancel", ctrl.cancel, "slidesam-cancel", "mdi-stop", disabled=("!slidesam_busy",))
-                _button("Restart from this slice", ctrl.restart, "slidesam-restart", "mdi-restart", disabled=("slidesam_busy",))
-                _button("Refine with points", ctrl.refine, "slidesam-refine", "mdi-auto-fix", disabled=("slidesam_busy",))
+                _button("Restart from this slice", (ctrl.restart, RUN_FIELDS), "slidesam-restart", "mdi-restart", disabled=("slidesam_busy",))
+                _button("Refine with points", (ctrl.refine, REFINE_FIELDS), "slidesam-refine", "mdi-auto-fix", disabled=("slidesam_busy",))
                 _button("Undo", ctrl.undo, "slidesam-undo", "mdi-undo", disabled=("slidesam_busy || !slidesam_can_undo",))
             v3.VProgressLinear(model_value=("slidesam_progress", 0), height=6, classes="my-2", id="slidesam-progress", color="primary")
             html.Div("{{ slidesam_message }}", id="slidesam-message", classes="text-caption")

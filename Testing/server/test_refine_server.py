@@ -14,7 +14,7 @@ from SlideSAMLib.client import ServerError
 from SlideSAMLib.contract import InProcessSession, RefineRequest
 from SlideSAMLib.errors import InputError
 
-from server_testing import API_KEY, ROOT, ServerProcess, box_around, free_port
+from server_testing import API_KEY, ROOT, ServerProcess, box_around, dice, free_port
 
 MR_KIDNEY_RIGHT = 2  # labels_total_mr.json
 PROMPT_K, REFINE_K = 5, 6
@@ -63,6 +63,35 @@ def test_refine_through_the_server_equals_the_local_refine(case):
     (ex, ey, _), _ = clicks[1]
     corrected = remote.slice_masks[REFINE_K]
     assert corrected[int(iy), int(ix)] and not corrected[int(ey), int(ex)] and not np.array_equal(corrected, mask)
+
+
+def test_refine_streams_each_slice_as_it_goes_the_same_locally_and_through_the_server(case):
+    """What the web page and the Slicer module show while a refine runs: the corrected slice first, then each slice the
+    result keeps, as it is accepted (Session.refine's slice_done), bit for bit the same through the server."""
+    client, session_id, local, first, labels = case
+    mask = first.slice_masks[REFINE_K]
+    clicks = clicks_on(mask, labels[REFINE_K] == MR_KIDNEY_RIGHT, REFINE_K)
+    current = {s: m for s, m in first.slice_masks.items() if s != REFINE_K}
+    request = RefineRequest.of(mask, REFINE_K, clicks, axis=2, slice_range=RANGE, current=current)
+    local_order, local_seen, remote_seen, events = [], {}, {}, []
+
+    def local_done(k, m):
+        local_order.append(k)
+        local_seen[k] = np.array(m, bool)
+
+    def remote_done(k, m):
+        remote_seen[k] = m
+        events.append(("slice", k))
+
+    here = local.run(request, None, None, local_done)
+    remote = client.run(session_id, request, lambda f, m: events.append(("progress", f)), None, remote_done)
+    assert local_order[0] == REFINE_K and sorted(local_seen) == here.slices == remote.slices  # every slice it writes, no other
+    np.testing.assert_array_equal(local_seen[REFINE_K], here.slice_masks[REFINE_K])  # the corrected slice, as written
+    assert sorted(remote_seen) == sorted(local_seen) and all(np.array_equal(remote_seen[k], local_seen[k]) for k in local_seen)
+    for k, m in local_seen.items():  # what is shown is what gets written, up to the merge with the next window (as a segment run)
+        assert dice(m, here.slice_masks[k]) > 0.9, k
+    kinds = [kind for kind, _ in events]
+    assert kinds.index("slice") < len(kinds) - 1 - kinds[::-1].index("progress")  # streamed while it ran, not after it
 
 
 @pytest.mark.parametrize("clicks, message", [

@@ -149,13 +149,12 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="module")
-def page(web_app, browser, tmp_path_factory):
-    """A browser page on the app, once its volume and axial view are shown (one per test file: a user's session).
-
-    The app's state is the server's, shared by every page: a test file starts from what earlier ones left."""
+def open_page(web_app, browser, folder, init_script: str = ""):
+    """(context, WebPage) on the app, once its volume and axial view are shown; `init_script` runs before the page's own."""
     url, engine_url = web_app
     context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    if init_script:
+        context.add_init_script(init_script)
     p = context.new_page()
     started = time.perf_counter()
     p.goto(url)
@@ -164,7 +163,16 @@ def page(web_app, browser, tmp_path_factory):
     web.view_box("Red")  # the axial view's image is on the page
     TIMINGS.setdefault("page_load_s", round(time.perf_counter() - started, 1))
     web.engine_url = engine_url
-    web.folder = tmp_path_factory.mktemp("web_page")
+    web.folder = folder
+    return context, web
+
+
+@pytest.fixture(scope="module")
+def page(web_app, browser, tmp_path_factory):
+    """A browser page on the app, once its volume and axial view are shown (one per test file: a user's session).
+
+    The app's state is the server's, shared by every page: a test file starts from what earlier ones left."""
+    context, web = open_page(web_app, browser, tmp_path_factory.mktemp("web_page"))
     yield web
     (web.folder / "timings.json").write_text(json.dumps(TIMINGS, indent=1))
     print("web timings:", TIMINGS)

@@ -128,9 +128,11 @@ class WebPage:
         self.wait_for(f"document.querySelector('#slidesam-segment').textContent.trim() !== {json.dumps(before)}", 60_000)
         return self.text("slidesam-segment").removeprefix("into segment:").strip()
 
-    def set_range(self, first=None, last=None) -> None:
+    def set_range(self, first=None, last=None, wait: bool = True) -> None:
         """Tick 'Only slices' and type the range with the keyboard; None: untick (the whole volume).  Returns once the
-        server holds it (a run pressed sooner could still see the old range: test_web_restart.py did, at load 9)."""
+        server holds it (the page's echo, slidesam-range-seen), or at once with wait=False: the run buttons send the
+        fields with their click (test_web_typed_range.py types and clicks so; before that fix a run pressed sooner
+        could still see the old range: test_web_restart.py did, at load 9)."""
         box = self.page.locator("#slidesam-range-on")
         if box.is_checked() != (first is not None):
             box.click()
@@ -142,6 +144,8 @@ class WebPage:
             self.page.click(f"#slidesam-range-{end}")
             self.page.keyboard.press("Control+A")
             self.page.keyboard.type(str(value))
+        if not wait:
+            return
         self.page.keyboard.press("Tab")
         self.wait_for(f"JSON.stringify({seen}) === {json.dumps(json.dumps([True, str(first), str(last)], separators=(',', ':')))}", 60_000)
 
