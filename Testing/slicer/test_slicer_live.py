@@ -192,6 +192,7 @@ class Stepper:
 
     def __init__(self):
         self.arrived, self.step = threading.Semaphore(0), threading.Semaphore(0)
+        self.free = threading.Event()  # set when the test stops stepping (done or failed): the engine runs on
         self.streamed = []  # (index, mask) in the order the engine sent them
 
     def wrap(self, session):
@@ -204,7 +205,8 @@ class Stepper:
                 slice_done(index, mask)
             self.streamed.append((int(index), np.array(mask, dtype=bool)))
             self.arrived.release()
-            assert self.step.acquire(timeout=300), "the test never let the engine go on"
+            while not self.free.is_set() and not self.step.acquire(timeout=0.5):
+                pass
 
         return self.session.run(request, progress, cancel, relay)
 
@@ -243,15 +245,18 @@ def test_a_refine_shows_the_corrected_slice_first_then_each_slice_and_undo_resto
     job, preview = gui.widget._job, gui.widget._preview
     assert job.kind == "refine" and preview is not None and ui.cancelButton.enabled
     expected = before.copy()
-    while next_streamed(gui, stepper):  # the engine holds after each slice: one tick must show it in the segment
-        index, mask = stepper.streamed[-1]
-        stack_view(expected, 2)[index] = mask
-        time.sleep(preview.wait_s())  # the preview paces its writes (FLUSH_S)
-        gui.widget._timer.fire()
-        assert not gui.widget._background.poll()[0]  # still running: held by the stepper
-        np.testing.assert_array_equal(read_segment(segmentation, segmentId, ct.node), expected,
-                                      err_msg=f"the segment after streamed slice no. {len(stepper.streamed)} ({index})")
-        stepper.step.release()
+    try:
+        while next_streamed(gui, stepper):  # the engine holds after each slice: one tick must show it in the segment
+            index, mask = stepper.streamed[-1]
+            stack_view(expected, 2)[index] = mask
+            time.sleep(preview.wait_s())  # the preview paces its writes (FLUSH_S)
+            gui.widget._timer.fire()
+            assert not gui.widget._background.poll()[0]  # still running: held by the stepper
+            np.testing.assert_array_equal(read_segment(segmentation, segmentId, ct.node), expected,
+                                          err_msg=f"the segment after streamed slice no. {len(stepper.streamed)} ({index})")
+            stepper.step.release()
+    finally:
+        stepper.free.set()  # a failed check does not leave the engine thread waiting
     order = [index for index, _ in stepper.streamed]
     print(f"refine streamed {order}; shown {preview.shown}")
     assert order and order[0] == k, f"the refine streamed {order} while it ran: the corrected slice {k} first"
