@@ -2,7 +2,7 @@
 
 Real widget, logic, MRML and CT as in test_slicer_widget.py.  The engine (the in-process session) is gated: after
 its first streamed slice it waits until the test lets it go, so "the segment shows a slice before the run ends" is
-a mechanism the test holds still, not a race.
+a mechanism the test holds still, not a race.  A refine is stepped: the engine waits after every slice it streams.
 """
 import threading
 import time
@@ -13,7 +13,8 @@ import pytest
 import slicer
 
 from SlideSAMSlicer.writer import read_segment, stack_view
-from test_slicer_widget import RANGE, corrected_kidney, env, gui, in_slice_range, kidney_box, new_segmentation, run_to_end, show_slice  # noqa: F401  (fixtures)
+from slicer_data import refinement_clicks
+from test_slicer_widget import RANGE, corrected_kidney, env, gui, in_slice_range, kidney_box, new_segmentation, propagate_kidney, ras_of, run_to_end, show_slice  # noqa: F401  (fixtures)
 
 
 class Gate:
@@ -182,4 +183,97 @@ def test_a_restart_shows_its_slices_and_undo_restores_the_segment(gui, gated):
     assert not gui.errors and not gui.raised, (gui.errors, gui.raised)
     assert read_segment(segmentation, segmentId, ct.node)[fixed + 1 : ct.k + RANGE + 1].any()
     ui.undoButton.click()
+    np.testing.assert_array_equal(read_segment(segmentation, segmentId, ct.node), before)
+
+
+class Stepper:
+    """Wraps the volume's contract session: every slice is relayed to the module, then the engine waits until the
+    test lets it take one more step (so each slice can be looked at in the segment while the run is held)."""
+
+    def __init__(self):
+        self.arrived, self.step = threading.Semaphore(0), threading.Semaphore(0)
+        self.free = threading.Event()  # set when the test stops stepping (done or failed): the engine runs on
+        self.streamed = []  # (index, mask) in the order the engine sent them
+
+    def wrap(self, session):
+        self.session = session
+        return self
+
+    def run(self, request, progress=None, cancel=None, slice_done=None):
+        def relay(index, mask):
+            if slice_done is not None:
+                slice_done(index, mask)
+            self.streamed.append((int(index), np.array(mask, dtype=bool)))
+            self.arrived.release()
+            while not self.free.is_set() and not self.step.acquire(timeout=0.5):
+                pass
+
+        return self.session.run(request, progress, cancel, relay)
+
+
+def next_streamed(gui, stepper, timeout=600):
+    """Poll as Slicer's timer does until the engine holds after its next streamed slice (True) or the run is over and
+    its result written (False)."""
+    deadline = time.time() + timeout
+    while gui.widget._background is not None:
+        assert time.time() < deadline, "the run neither streamed a slice nor ended"
+        if stepper.arrived.acquire(timeout=0.2):
+            return True
+        gui.widget._timer.fire()
+    return False
+
+
+def test_a_refine_shows_the_corrected_slice_first_then_each_slice_and_undo_restores(gui, monkeypatch):
+    ui, ct, logic = gui.ui, gui.ct, gui.widget.logic
+    segmentation = propagate_kidney(gui, "live refine")  # not stepped: the refine's result is what this test follows
+    run_to_end(gui)
+    assert not gui.errors and not gui.raised, (gui.errors, gui.raised)
+    segmentId = ui.segmentSelector.currentSegmentID()
+    before = read_segment(segmentation, segmentId, ct.node)
+    k = ct.k + 1
+    (ex, ey), (ix, iy) = refinement_clicks(before[k] > 0, ct.reference[k] > 0)
+    include = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
+    exclude = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "exclude")
+    ui.includePointsSelector.setCurrentNode(include)
+    ui.excludePointsSelector.setCurrentNode(exclude)
+    include.AddControlPointWorld(*ras_of(ct, (ix, iy, k)))
+    exclude.AddControlPointWorld(*ras_of(ct, (ex, ey, k)))
+    show_slice(gui, k)
+    stepper, real = Stepper(), logic._sessionGetter
+    monkeypatch.setattr(logic, "_sessionGetter", lambda volumeNode: (lambda get=real(volumeNode): stepper.wrap(get())))
+    ui.refineButton.click()
+    job, preview = gui.widget._job, gui.widget._preview
+    assert job.kind == "refine" and preview is not None and ui.cancelButton.enabled
+    expected = before.copy()
+    try:
+        while next_streamed(gui, stepper):  # the engine holds after each slice: one tick must show it in the segment
+            index, mask = stepper.streamed[-1]
+            stack_view(expected, 2)[index] = mask
+            time.sleep(preview.wait_s())  # the preview paces its writes (FLUSH_S)
+            gui.widget._timer.fire()
+            assert not gui.widget._background.poll()[0]  # still running: held by the stepper
+            np.testing.assert_array_equal(read_segment(segmentation, segmentId, ct.node), expected,
+                                          err_msg=f"the segment after streamed slice no. {len(stepper.streamed)} ({index})")
+            stepper.step.release()
+    finally:
+        stepper.free.set()  # a failed check does not leave the engine thread waiting
+    order = [index for index, _ in stepper.streamed]
+    print(f"refine streamed {order}; shown {preview.shown}")
+    assert order and order[0] == k, f"the refine streamed {order} while it ran: the corrected slice {k} first"
+    corrected = stepper.streamed[0][1]
+    assert not corrected[ey, ex] and corrected[iy, ix] and not np.array_equal(corrected, before[k] > 0)  # the clicks, shown mid-run
+    assert len(order) > 1 and preview.shown == order  # then its neighbours, one tick each
+    assert not gui.errors and not gui.raised, (gui.errors, gui.raised)
+    # the result is written as before the preview: the engine's span replaced by its masks, every other slice kept
+    (result,) = job.results
+    assert set(order) <= set(result.slice_masks)  # only slices the result holds were shown
+    first, last = result.span
+    written = before.copy()
+    for s in range(first, last + 1):
+        written[s] = result.slice_masks[s] if s in result.slice_masks else 0
+    after = read_segment(segmentation, segmentId, ct.node)
+    np.testing.assert_array_equal(after, written)
+    assert after[k, ey, ex] == 0 and after[k, iy, ix] == 1 and "0 encoder passes" in ui.statusLabel.text
+    ui.undoButton.click()
+    assert ui.statusLabel.text == "last run undone"
     np.testing.assert_array_equal(read_segment(segmentation, segmentId, ct.node), before)
