@@ -84,6 +84,50 @@ def prompt_slices(model, only=None):
             yield name, sname, shared, pixel_mm, k, truth[k], int(areas[k]), deepest_point(truth[k]), box_mask
 
 
+# The large training organs (issue 12's step-5 failure: one click on a liver returned a tiny candidate inside it).
+LARGE = {"example_ct": ("liver", "spleen", "kidney_right", "kidney_left", "stomach"),
+         "mr_abdomen": ("liver", "spleen", "kidney_right", "kidney_left", "stomach"), "ct_liver_lits": ("label 1",)}
+LARGE_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)  # slices along the organ's extent (those with >= 30 % of its largest area)
+
+
+def organ_clicks(model):
+    """More clicks on the large training organs than `prompt_slices`' one: on five slices along each organ (its
+    deepest pixel), and on its largest slice two pixels at half its deepest depth (the one nearest the centroid and
+    the one farthest from it): an annotator does not always click the organ's middle. Same tuple as `prompt_slices`,
+    the structure named "NAME@zK" or "NAME@half-near" / "NAME@half-far". Training folders only."""
+    from scipy import ndimage
+
+    from SlideSAMLib import Session
+    from SlideSAMLib.evaluation.evaluate import load_case
+    from SlideSAMLib.training.prompts import deepest_point, tight_box
+
+    for name, image, label, names in CASES:
+        if name not in LARGE:
+            continue
+        c = load_case(D / image, D / label, D / names if names else None)
+        session = Session(model, c.volume, spacing=c.spacing)
+        pred = session.predictor(2)
+        pixel_mm = float(np.mean(c.spacing[:2]))
+        for value, sname in c.structures.items():
+            if sname not in LARGE[name]:
+                continue
+            truth = c.labels == value
+            areas = truth.sum(axis=(1, 2))
+            big = np.flatnonzero(areas >= 0.3 * areas.max())
+            clicks = [(int(big[int(round(q * (len(big) - 1)))]), None) for q in LARGE_QUANTILES]
+            k0 = int(areas.argmax())
+            depth = ndimage.distance_transform_cdt(np.pad(truth[k0], 1), metric="taxicab")[1:-1, 1:-1]
+            ys, xs = np.nonzero(depth == max(1, depth.max() // 2))
+            far = np.hypot(xs - xs.mean(), ys - ys.mean())
+            clicks += [(k0, ("half-near", (int(xs[far.argmin()]), int(ys[far.argmin()])))),
+                       (k0, ("half-far", (int(xs[far.argmax()]), int(ys[far.argmax()]))))]
+            for k, extra in clicks:
+                shared = SharedDecodes(pred)
+                box_mask = (pred.predict(k, box=tight_box(truth[k])).logits[1] > 0).numpy()
+                tag, xy = (f"z{k}", deepest_point(truth[k])) if extra is None else extra
+                yield name, f"{sname}@{tag}", shared, pixel_mm, k, truth[k], int(areas[k]), xy, box_mask
+
+
 def click_mask(search, k, x, y, label):
     """The search's mask for one include click at (x, y); empty (and said) where no candidate held it."""
     try:
