@@ -169,17 +169,19 @@ def pair_features(s, j, p):
     return np.r_[a[:10], a[[0, 1, 2, 3, 8]] - b[[0, 1, 2, 3, 8]], float(j < p)]
 
 
-def fit_replace(train, lam=0.01, gain=0.05, smaller=False, raw=False, allowed=False):
+def fit_replace(train, lam=0.01, gain=0.05, smaller=False, raw=False, allowed=False, fit_all=False, pair=None):
     """Logistic P(candidate j beats main's pick by > `gain` x box); the rule takes the most probable j if P > 0.5.
     `smaller`: only j below the pick, step 5's features. `raw`: return (weights, bias) in raw units. `allowed`: only
-    the candidates j in each structure's s["allowed"] (a guard, bench_clicks_guard.py), when fitting and choosing."""
+    the candidates j in each structure's s["allowed"] (a guard, bench_clicks_guard.py), when choosing, and when
+    fitting unless `fit_all`. `pair`: another pairwise input (s, j, p) -> features."""
     ok = (lambda s, j: j in s["allowed"]) if allowed else (lambda s, j: True)
-    pf = (lambda s, j, p: step5_pair(s["X8"], j, p)) if smaller else pair_features
+    fit_ok = (lambda s, j: True) if fit_all else ok
+    pf = pair or ((lambda s, j, p: step5_pair(s["X8"], j, p)) if smaller else pair_features)
     X, y = [], []
     for s in train:
         p = step34(s)
         for j, f in enumerate(s["c"]):
-            if f is not None and j != p and (j < p or not smaller) and ok(s, j):
+            if f is not None and j != p and (j < p or not smaller) and fit_ok(s, j):
                 X.append(pf(s, j, p))
                 y.append(float(s["ratio"][j] > s["ratio"][p] + gain))
     X, y = np.array(X), np.array(y)

@@ -48,7 +48,34 @@ GUARDS = {
     **{f"sub-blob < {t}": (lambda t: lambda e: e["sub_blob"] < t)(t) for t in (0.3, 0.5, 0.7)},
     **{f"fit ratio >= {t}": (lambda t: lambda e: e["fit_ratio"] >= t)(t) for t in (0.25, 0.5)},
     **{f"area ratio >= {t}": (lambda t: lambda e: e["area_ratio"] >= t)(t) for t in (0.01, 0.03, 0.1)},
+    **{f"edge ratio >= {t}": (lambda t: lambda e: e["edge_ratio"] >= t)(t) for t in (1.0, 1.1)},
+    **{f"IoU >= {t}": (lambda t: lambda e: e["iou_j"] >= t)(t) for t in (0.6, 0.7)},
+    "IoU >= 0.6, sub-blob < 0.7": lambda e: e["iou_j"] >= 0.6 and e["sub_blob"] < 0.7,
+    "edge ratio >= 1, sub-blob < 0.7": lambda e: e["edge_ratio"] >= 1.0 and e["sub_blob"] < 0.7,
+    "edge ratio >= 1, IoU >= 0.6": lambda e: e["edge_ratio"] >= 1.0 and e["iou_j"] >= 0.6,
+    # inside the choice (its ring mostly in the choice's mask) and cut from it by an intensity change (not a sub-blob)
+    **{f"ring in choice >= {a}, sub-blob < {b}": (lambda a, b: lambda e: e["ring_in_pick"] >= a and e["sub_blob"] < b)(a, b)
+       for a in (0.5, 0.75, 0.9) for b in (0.6, 0.7, 0.8)},
 }
+
+
+PAIRS = {
+    "step5": None,  # 9e34781's: eight features of j, the first four's differences to the choice
+    # without the two inputs that grow without bound away from the training pairs: the log-area difference and j's own log IoU
+    "bounded": lambda s, j, p: np.delete(np.r_[s["X8"][j], s["X8"][j, :4] - s["X8"][p, :4]], [0, 10]),
+}
+
+
+def shipped_choice(s):
+    """The candidate SlideSAMLib/clicks.py's steps 3-5 choose for a dumped structure (its own code and constants)."""
+    shell = object.__new__(C.ClickSearch)
+    shell.rows, shell.cols = s["image"].shape
+    shell.ring_px, shell.pixel_mm = s["ring_px"], s["pixel_mm"]
+    n = len(s["parts"])
+    ladder = [None if s["c"][i] is None else (None, None, s["parts"][i]) for i in range(n)]
+    p = step34(s)
+    allowed = [c is not None and i < p and shell._nested_apart(c[2], s["parts"][p], s["in_band"]) for i, c in enumerate(ladder)]
+    return shell._replacement(s["X8"], p, allowed)
 
 
 def guarded(S, guard):
@@ -61,7 +88,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dump", type=Path)
     ap.add_argument("large", type=Path)
-    ap.add_argument("--guards", nargs="*", help="guard names (default: all)")
+    ap.add_argument("--guards", nargs="*", help="run the guards whose names contain one of these (default: all)")
+    ap.add_argument("--choice-only", action="store_true", help="fit on every pair, apply the guard when choosing only")
+    ap.add_argument("--pair", choices=sorted(PAIRS), default="step5", help="the pairwise input (default: step 5's)")
+    ap.add_argument("--weights", help="print this guard's rule fitted on all 120 (raw units) and its in-sample figures")
+    ap.add_argument("--detail", action="store_true", help="list each structure a rule changes")
     args = ap.parse_args()
     S, L = load(args.dump), load(args.large)
     folders = sorted({s["folder"] for s in S})
@@ -83,15 +114,34 @@ def main():
             contrib = np.r_[s["X8"][j], s["X8"][j, :4] - s["X8"][p, :4]]
             from bench_clicks_fit import STEP5_WEIGHTS
             print("     terms w*x: " + " ".join(f"{v:+.2f}" for v in contrib * STEP5_WEIGHTS))
+    if args.weights:  # the guard's rule fitted on all 120, in raw units, and its in-sample figures
+        guarded(S + L, GUARDS[args.weights])
+        w, b = fit_replace(S, smaller=True, allowed=True, raw=True)
+        print(f"{args.weights}: REPLACE_WEIGHTS = np.array([" + ", ".join(f"{v:.6g}" for v in w) + f"])\nREPLACE_BIAS = {b:.6g}")
+        rule = fit_replace(S, smaller=True, allowed=True)
+        for X, tag in ((S, "120"), (L, "large")):
+            picks = [rule(s) for s in X]
+            shipped = [shipped_choice(s) for s in X]  # clicks.py's own step 5 (its constants and guard), replayed
+            print(f"{tag}: clicks.py's step 5 replayed differs from this fit on {sum(a != b for a, b in zip(picks, shipped))}")
+            r = np.array([s["ratio"][j] for s, j in zip(X, picks)])
+            d = np.array([s["c"][j]["dice"] for s, j in zip(X, picks)])
+            print(f"in-sample {tag}: mean click {d.mean():.3f}, click / box {r.mean():.3f}, below 0.7 x {(r < 0.7).sum()}, "
+                  f"worse than main by > 0.02 Dice {(d - main_d(X) < -0.02).sum()}")
+            for s, j in zip(X, picks):
+                p = step34(s)
+                if j != p:
+                    print(f"    {s['folder']} {s['structure']} ({s['pixels']} px): Dice {s['c'][p]['dice']:.3f} -> {s['c'][j]['dice']:.3f}, "
+                          f"click/box {s['ratio'][p]:.2f} -> {s['ratio'][j]:.2f}")
+        return
     print("\n| guard | 120 held out: mean click / box | below 0.7 x | changed (better / worse > 0.02) | large clicks held out: mean click | click / box | "
           "below 0.7 x | worse than main by > 0.02 Dice | worst loss |\n|---|---:|---:|---|---:|---:|---:|---:|---|")
     for name, guard in GUARDS.items():
-        if args.guards and name not in args.guards:
+        if args.guards and not any(g in name for g in args.guards):
             continue
         guarded(S + L, guard)
         held = {}
         for f in folders:
-            rule = fit_replace([s for s in S if s["folder"] != f], smaller=True, allowed=True)
+            rule = fit_replace([s for s in S if s["folder"] != f], smaller=True, allowed=True, fit_all=args.choice_only, pair=PAIRS[args.pair])
             held.update({id(s): rule(s) for s in S + L if s["folder"] == f})
         r = np.array([s["ratio"][held[id(s)]] for s in S])
         d = r - main_r(S)
@@ -102,6 +152,13 @@ def main():
         print(f"| {name} | {r.mean():.3f} | {(r < 0.7).sum()} | {int((np.abs(d) > 1e-9).sum())} ({(d > 0.02).sum()} / {(d < -0.02).sum()}) | "
               f"{dl.mean():.3f} | {rl.mean():.3f} | {(rl < 0.7).sum()} | {(loss < -0.02).sum()} | "
               f"{L[w]['case']} {L[w]['structure']} {main_d(L)[w]:.3f} -> {dl[w]:.3f} |", flush=True)
+        if args.detail:
+            for X, tag in ((S, "120"), (L, "large")):
+                for s in X:
+                    p, j = step34(s), held[id(s)]
+                    if j != p:
+                        print(f"    {tag} {s['folder']} {s['structure']} ({s['pixels']} px): click/box {s['ratio'][p]:.2f} -> {s['ratio'][j]:.2f}, "
+                              f"Dice {s['c'][p]['dice']:.3f} -> {s['c'][j]['dice']:.3f}, " + ", ".join(f"{k} {v:.2f}" for k, v in pair_evidence(s, j, p).items()))
 
 
 if __name__ == "__main__":
