@@ -65,7 +65,7 @@ def load(d: Path):
         ladder = [None if missing[i] else (z["boxes"][i], SimpleNamespace(iou=float(z["ious"][i])), parts[i]) for i in range(n)]
         e["X8"] = step5_features(shell, ladder, in_band, grad, (x, y), float(z["pixel_mm"]))
         e["shipped"] = step5_replacement(e["X8"], step34({"c": rows}))
-        e.update(image=image, in_band=in_band, grad=grad, parts=parts, click=(int(x), int(y)), pixel_mm=float(z["pixel_mm"]), ring_px=int(z["ring_px"]))
+        e.update(image=image, in_band=in_band, grad=grad, parts=parts, click=(int(x), int(y)), pixel_mm=float(z["pixel_mm"]), ring_px=int(z["ring_px"]), path=d / e["file"])
         box = dice(z["box_mask"], truth)
         e.update(c=rows, box=box, returned=dice(z["returned"], truth), folder="ct_mr_spine" if e["case"].startswith("spine_") else e["case"])
         e["ratio"] = np.array([0.0 if c is None else min(c["dice"] / max(box, 1e-6), 2.0) for c in rows])
