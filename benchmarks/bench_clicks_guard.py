@@ -22,7 +22,10 @@ import numpy as np
 from scipy import ndimage
 
 from bench_clicks_fit import fit_replace, load, step34, step5_probability
-from SlideSAMLib import clicks as C
+from bench_clicks_slice import load_clicks
+
+# Step 5 with the guard "ring in choice >= 0.75, sub-blob < 0.7", refitted: a whole clicks.py, NOT shipped (§9)
+GUARDED = load_clicks(Path(__file__).with_name("clicks_step5_guarded.py"), "_clicks_step5_guarded")
 
 
 def pair_evidence(s, j, p):
@@ -67,8 +70,8 @@ PAIRS = {
 
 
 def shipped_choice(s):
-    """The candidate SlideSAMLib/clicks.py's steps 3-5 choose for a dumped structure (its own code and constants)."""
-    shell = object.__new__(C.ClickSearch)
+    """The candidate clicks_step5_guarded.py's steps 3-5 choose for a dumped structure (its own code and constants)."""
+    shell = object.__new__(GUARDED.ClickSearch)
     shell.rows, shell.cols = s["image"].shape
     shell.ring_px, shell.pixel_mm = s["ring_px"], s["pixel_mm"]
     n = len(s["parts"])
@@ -114,15 +117,15 @@ def main():
             contrib = np.r_[s["X8"][j], s["X8"][j, :4] - s["X8"][p, :4]]
             from bench_clicks_fit import STEP5_WEIGHTS
             print("     terms w*x: " + " ".join(f"{v:+.2f}" for v in contrib * STEP5_WEIGHTS))
-    if args.weights:  # the guard's rule fitted on all 120, in raw units, and its in-sample figures
+    if args.weights:  # the guard's rule fitted on all 120, in raw units (clicks_step5_guarded.py's), in-sample figures
         guarded(S + L, GUARDS[args.weights])
         w, b = fit_replace(S, smaller=True, allowed=True, raw=True)
         print(f"{args.weights}: REPLACE_WEIGHTS = np.array([" + ", ".join(f"{v:.6g}" for v in w) + f"])\nREPLACE_BIAS = {b:.6g}")
         rule = fit_replace(S, smaller=True, allowed=True)
         for X, tag in ((S, "120"), (L, "large")):
             picks = [rule(s) for s in X]
-            shipped = [shipped_choice(s) for s in X]  # clicks.py's own step 5 (its constants and guard), replayed
-            print(f"{tag}: clicks.py's step 5 replayed differs from this fit on {sum(a != b for a, b in zip(picks, shipped))}")
+            shipped = [shipped_choice(s) for s in X]  # clicks_step5_guarded.py's own step 5, replayed
+            print(f"{tag}: clicks_step5_guarded.py's step 5 replayed differs from this fit on {sum(a != b for a, b in zip(picks, shipped))}")
             r = np.array([s["ratio"][j] for s, j in zip(X, picks)])
             d = np.array([s["c"][j]["dice"] for s, j in zip(X, picks)])
             print(f"in-sample {tag}: mean click {d.mean():.3f}, click / box {r.mean():.3f}, below 0.7 x {(r < 0.7).sum()}, "
