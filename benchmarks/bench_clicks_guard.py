@@ -13,7 +13,11 @@ Each rule is fitted leave-one-folder-out on the 120 structures of `bench_clicks_
 measured on the sixth); the large-organ clicks are measured with the fit that left their own folder out. Judged on
 the refined mask the search returns, 2D Dice on the prompt slice, click / one tight box capped at 2.
 
-    PYTHONPATH=. python benchmarks/bench_clicks_guard.py DUMP_DIR LARGE_DUMP_DIR
+    PYTHONPATH=. python benchmarks/bench_clicks_guard.py DUMP_DIR LARGE_DUMP_DIR [--guards SUBSTRING ...] [--detail]
+    PYTHONPATH=. python benchmarks/bench_clicks_guard.py DUMP_DIR LARGE_DUMP_DIR --weights "GUARD NAME"
+
+`--weights`: that guard's rule fitted on all 120 in raw units (as written in clicks_step5_guarded.py, whose own code is
+replayed and compared), with its in-sample figures. Results: RESULTS_clicks.md §9.
 """
 import argparse
 from pathlib import Path
@@ -21,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from bench_clicks_fit import fit_replace, load, step34, step5_probability
+from bench_clicks_fit import STEP5_WEIGHTS, fit_replace, load, step34, step5_probability
 from bench_clicks_slice import load_clicks
 
 # Step 5 with the guard "ring in choice >= 0.75, sub-blob < 0.7", refitted: a whole clicks.py, NOT shipped (§9)
@@ -115,7 +119,6 @@ def main():
             print(f"  {s['case']} {s['structure']}: square {p} -> {j}, Dice {s['c'][p]['dice']:.3f} -> {s['c'][j]['dice']:.3f} "
                   f"(box {s['box']:.3f}), P {prob:.2f}, " + ", ".join(f"{k} {v:.3g}" for k, v in e.items()))
             contrib = np.r_[s["X8"][j], s["X8"][j, :4] - s["X8"][p, :4]]
-            from bench_clicks_fit import STEP5_WEIGHTS
             print("     terms w*x: " + " ".join(f"{v:+.2f}" for v in contrib * STEP5_WEIGHTS))
     if args.weights:  # the guard's rule fitted on all 120, in raw units (clicks_step5_guarded.py's), in-sample figures
         guarded(S + L, GUARDS[args.weights])
