@@ -11,9 +11,9 @@ tight box capped at 2, and the count below 0.7 x box. Rules:
   rank      a linear score of the features, argmax, fitted by a softmax over each ladder (expected click / box);
   replace   main's pick, replaced by the candidate a logistic pairwise model says beats it by > 0.05 (P > 0.5),
             any candidate (larger or smaller), with the refined-decode features;
-  smaller   the same, smaller candidates only, clicks.py's eight features (no refining decodes): step 5;
-  shipped   steps 3-5 with the constants written in clicks.py (must equal "smaller, in-sample").
-`--weights` prints the fit of "smaller" on all structures in clicks.py's raw units.
+  smaller   the same, smaller candidates only, step 5's eight features (STEP5_FEATURES) (no refining decodes): step 5;
+  shipped   steps 3-5 with 9e34781's constants (STEP5_WEIGHTS, must equal "smaller, in-sample"; not in clicks.py since d58e595).
+`--weights` prints the fit of "smaller" on all structures in raw units (STEP5_WEIGHTS).
 
 Fitted rules are reported in-sample (fit on all 120) and held out (fit on five folders, measured on the sixth).
 Needs numpy and scipy only.
@@ -62,15 +62,63 @@ def load(d: Path):
                 offset=float(np.hypot(cx - x, cy - y) / np.sqrt(a / np.pi)), refined_iou=float(z["refined_iou"][i]),
                 refined_agree=dice(p, r), plateau=sum(j != i and not missing[j] and dice(p, parts[j]) >= 0.8 for j in range(n)),
                 dice=dice(r if r[y, x] else p, truth)))  # the search returns the refined decode when it holds the click
-        shell.pixel_mm = float(z["pixel_mm"])
         ladder = [None if missing[i] else (z["boxes"][i], SimpleNamespace(iou=float(z["ious"][i])), parts[i]) for i in range(n)]
-        e["X8"] = shell._features(ladder, in_band, grad, (x, y))  # step 5's features, clicks.py's code
-        e["shipped"] = shell._replacement(e["X8"], step34({"c": rows}))
+        e["X8"] = step5_features(shell, ladder, in_band, grad, (x, y), float(z["pixel_mm"]))
+        e["shipped"] = step5_replacement(e["X8"], step34({"c": rows}))
+        e.update(image=image, in_band=in_band, grad=grad, parts=parts, click=(int(x), int(y)), pixel_mm=float(z["pixel_mm"]), ring_px=int(z["ring_px"]), path=d / e["file"])
         box = dice(z["box_mask"], truth)
         e.update(c=rows, box=box, returned=dice(z["returned"], truth), folder="ct_mr_spine" if e["case"].startswith("spine_") else e["case"])
         e["ratio"] = np.array([0.0 if c is None else min(c["dice"] / max(box, 1e-6), 2.0) for c in rows])
         out.append(e)
     return out
+
+
+# Step 5 as merged in 9e34781 and taken out in d58e595 (it took CI's one-click liver on ct_liver_3slice from 0.836 to
+# 0.034): its eight features, its pairwise input and its constants, kept here to replay it (RESULTS_clicks.md §8-§9).
+STEP5_FEATURES = ("log decoder IoU", "log step-3 fit", "log area mm2", "log edge / sharpest edge of the ladder",
+                  "share of outline on the box border", "Dice with the next square's part", "compactness 4 pi A / P^2",
+                  "click to centroid / equivalent radius")
+STEP5_WEIGHTS = np.array([-1.78176, 0.0492789, 0.39554, 0.665479, -0.425273, 0.599669, -2.11362, -0.56891,
+                          0.949301, 0.0894822, -0.752829, 0.786693])
+STEP5_BIAS = -2.11237
+
+
+def step5_features(shell, candidates, in_band, gradient, click, pixel_mm):
+    """Step 5's features of each candidate (9e34781's `ClickSearch._features`; a row of NaN where it missed a click)."""
+    edges = [None if c is None else C._edge(c[2], gradient) for c in candidates]
+    sharpest = max(max(e for e in edges if e is not None), 1e-12)  # a flat slice has no edge
+    features = np.full((len(candidates), len(STEP5_FEATURES)), np.nan)
+    for i, c in enumerate(candidates):
+        if c is None:
+            continue
+        box, pred, part = c
+        after = candidates[i + 1] if i + 1 < len(candidates) else None
+        area = float(part.sum())
+        cy, cx = ndimage.center_of_mass(part)
+        outline = int((part & ~ndimage.binary_erosion(part)).sum())
+        features[i] = [np.log(pred.iou + E), np.log(shell._fit(part, in_band) + E), np.log(area * pixel_mm ** 2),
+                       np.log(edges[i] / sharpest + E), C._on_border(part, box), 0.0 if after is None else dice(part, after[2]),
+                       4 * np.pi * area / max(outline, 1) ** 2, np.hypot(cx - click[0], cy - click[1]) / np.sqrt(area / np.pi)]
+    return features
+
+
+def step5_pair(features, j, pick):
+    """Step 5's input for candidate j against the choice: its features, then the first four's differences."""
+    return np.r_[features[j], features[j, :4] - features[pick, :4]]
+
+
+def step5_probability(features, j, pick, weights=STEP5_WEIGHTS, bias=STEP5_BIAS):
+    return float(1.0 / (1.0 + np.exp(-(step5_pair(features, j, pick) @ weights + bias))))
+
+
+def step5_replacement(features, pick, allowed=lambda j: True):
+    """9e34781's step 5: the smaller candidate most likely to beat the choice `pick`, where that probability > 0.5."""
+    best, top = pick, 0.5
+    for j in range(pick):
+        if not np.isnan(features[j, 0]) and allowed(j):
+            p = step5_probability(features, j, pick)
+            best, top = (j, p) if p > top else (best, top)
+    return best
 
 
 def step34(s, contained=C.CONTAINED_MAX, stable=C.STABLE_MIN, iou=C.IOU_MIN, edge=C.EDGE_GAIN):
@@ -121,15 +169,19 @@ def pair_features(s, j, p):
     return np.r_[a[:10], a[[0, 1, 2, 3, 8]] - b[[0, 1, 2, 3, 8]], float(j < p)]
 
 
-def fit_replace(train, lam=0.01, gain=0.05, smaller=False, raw=False):
+def fit_replace(train, lam=0.01, gain=0.05, smaller=False, raw=False, allowed=False, fit_all=False, pair=None):
     """Logistic P(candidate j beats main's pick by > `gain` x box); the rule takes the most probable j if P > 0.5.
-    `smaller`: only j below the pick, clicks.py's features (step 5). `raw`: return (weights, bias) in raw units."""
-    pf = (lambda s, j, p: C.pair_features(s["X8"], j, p)) if smaller else pair_features
+    `smaller`: only j below the pick, step 5's features. `raw`: return (weights, bias) in raw units. `allowed`: only
+    the candidates j in each structure's s["allowed"] (a guard, bench_clicks_guard.py), when choosing, and when
+    fitting unless `fit_all`. `pair`: another pairwise input (s, j, p) -> features."""
+    ok = (lambda s, j: j in s["allowed"]) if allowed else (lambda s, j: True)
+    fit_ok = (lambda s, j: True) if fit_all else ok
+    pf = pair or ((lambda s, j, p: step5_pair(s["X8"], j, p)) if smaller else pair_features)
     X, y = [], []
     for s in train:
         p = step34(s)
         for j, f in enumerate(s["c"]):
-            if f is not None and j != p and (j < p or not smaller):
+            if f is not None and j != p and (j < p or not smaller) and fit_ok(s, j):
                 X.append(pf(s, j, p))
                 y.append(float(s["ratio"][j] > s["ratio"][p] + gain))
     X, y = np.array(X), np.array(y)
@@ -150,7 +202,7 @@ def fit_replace(train, lam=0.01, gain=0.05, smaller=False, raw=False):
         p = step34(s)
         best, top = p, 0.5
         for j, f in enumerate(s["c"]):
-            if f is not None and j != p and (j < p or not smaller):
+            if f is not None and j != p and (j < p or not smaller) and ok(s, j):
                 q = 1 / (1 + np.exp(-(np.r_[(pf(s, j, p) - mu) / sd, 1.0] @ w)))
                 best, top = (j, q) if q > top else (best, top)
         return best
@@ -191,7 +243,7 @@ def main():
     print(f"| main (shipped limits, chosen on these 120 in session 7) | {figures(S, [step34(s) for s in S])} |")
     print(f"| best square (oracle) | {figures(S, [int(np.argmax(s['ratio'])) for s in S])} |")
     folders = sorted({s["folder"] for s in S})
-    print(f"| shipped (clicks.py's constants) | {figures(S, [s['shipped'] for s in S])} |")
+    print(f"| shipped (9e34781's step-5 constants) | {figures(S, [s['shipped'] for s in S])} |")
     smaller = lambda train: fit_replace(train, smaller=True)
     for name, fit in (("grid", fit_grid), ("rank", fit_rank), ("replace", fit_replace), ("smaller", smaller)):
         rule = fit(S)

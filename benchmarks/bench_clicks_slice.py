@@ -84,6 +84,59 @@ def prompt_slices(model, only=None):
             yield name, sname, shared, pixel_mm, k, truth[k], int(areas[k]), deepest_point(truth[k]), box_mask
 
 
+# The large training organs (issue 12's step-5 failure: one click on a liver returned a tiny candidate inside it).
+LARGE = {"example_ct": ("liver", "spleen", "kidney_right", "kidney_left", "stomach"),
+         "mr_abdomen": ("liver", "spleen", "kidney_right", "kidney_left", "stomach"), "ct_liver_lits": ("label 1",)}
+LARGE_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)  # slices along the organ's extent (those with >= 30 % of its largest area)
+
+
+# A second, later set (RESULTS_clicks.md §9: drawn after the guard was chosen on the first, to confirm it): other
+# slices, and clicks at a third of the deepest depth on the slices at 40 % and 60 % of the extent.
+CONFIRM_QUANTILES = (0.2, 0.4, 0.6, 0.8)
+
+
+def organ_clicks(model, confirm=False):
+    """More clicks on the large training organs than `prompt_slices`' one: on five slices along each organ (its
+    deepest pixel), and on its largest slice two pixels at half its deepest depth (the one nearest the centroid and
+    the one farthest from it): an annotator does not always click the organ's middle. `confirm`: the second set
+    (CONFIRM_QUANTILES, and on the slices at 40 % and 60 % the pixel at a third of the deepest depth farthest from
+    the centroid). Same tuple as `prompt_slices`, the structure named "NAME@zK" or "NAME@half-near" / "NAME@half-far"
+    / "NAME@third-0.4-far". Training folders only."""
+    from scipy import ndimage
+
+    from SlideSAMLib import Session
+    from SlideSAMLib.evaluation.evaluate import load_case
+    from SlideSAMLib.training.prompts import deepest_point, tight_box
+
+    for name, image, label, names in CASES:
+        if name not in LARGE:
+            continue
+        c = load_case(D / image, D / label, D / names if names else None)
+        session = Session(model, c.volume, spacing=c.spacing)
+        pred = session.predictor(2)
+        pixel_mm = float(np.mean(c.spacing[:2]))
+        for value, sname in c.structures.items():
+            if sname not in LARGE[name]:
+                continue
+            truth = c.labels == value
+            areas = truth.sum(axis=(1, 2))
+            big = np.flatnonzero(areas >= 0.3 * areas.max())
+            at = lambda q: int(big[int(round(q * (len(big) - 1)))])
+            clicks = [(at(q), None) for q in (CONFIRM_QUANTILES if confirm else LARGE_QUANTILES)]
+            for k0, share, tag in ([(at(0.4), 3, "third-0.4"), (at(0.6), 3, "third-0.6")] if confirm else
+                                   [(int(areas.argmax()), 2, "half")]):
+                depth = ndimage.distance_transform_cdt(np.pad(truth[k0], 1), metric="taxicab")[1:-1, 1:-1]
+                ys, xs = np.nonzero(depth == max(1, depth.max() // share))
+                far = np.hypot(xs - xs.mean(), ys - ys.mean())
+                clicks += [(k0, (f"{tag}-far", (int(xs[far.argmax()]), int(ys[far.argmax()]))))] + \
+                          ([] if confirm else [(k0, (f"{tag}-near", (int(xs[far.argmin()]), int(ys[far.argmin()]))))])
+            for k, extra in clicks:
+                shared = SharedDecodes(pred)
+                box_mask = (pred.predict(k, box=tight_box(truth[k])).logits[1] > 0).numpy()
+                tag, xy = (f"z{k}", deepest_point(truth[k])) if extra is None else extra
+                yield name, f"{sname}@{tag}", shared, pixel_mm, k, truth[k], int(areas[k]), xy, box_mask
+
+
 def click_mask(search, k, x, y, label):
     """The search's mask for one include click at (x, y); empty (and said) where no candidate held it."""
     try:
