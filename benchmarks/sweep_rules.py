@@ -53,7 +53,9 @@ CASES = {
 # example_ct's organs of the CI floors and RESULTS.md §1c go first (eval_anchors.sh's training_main list).
 FIRST = {"ct_abdomen": ["spleen", "kidney_right", "kidney_left", "liver", "gallbladder", "stomach", "pancreas", "aorta",
                         "inferior_vena_cava", "urinary_bladder", "vertebrae_L3", "duodenum", "iliopsoas_left", "femur_left",
-                        "autochthon_left", "portal_vein_and_splenic_vein"]}
+                        "autochthon_left", "portal_vein_and_splenic_vein",
+                        # then session 8's chain-win structures (RESULTS_rules.md "Session 8: where the chain wins")
+                        "vertebrae_L5", "sacrum", "small_bowel", "femur_right", "gluteus_medius_left"]}
 # The variants run when --variants is not given: every StopRule rule relaxed and off (cheap: they share the
 # default's decodes up to where it stopped), and the constraints that change every box (a full chain each).
 DEFAULT_VARIANTS = ("default,overlap0.3,overlap-off,growth3,growth-off,iou0.3,iou-off,inliers-off,tail-off,"
@@ -221,7 +223,8 @@ def embeddings_file(folder, image, predictor) -> Path:
     return Path(folder) / f"{Path(image).parent.name}_{Path(image).name}_{key}.pt"
 
 
-def sweep_case(model, group, paths, names, out, save, known, embeddings=None, only=None, no_anchors=False, features=False):
+def sweep_case(model, group, paths, names, out, save, known, embeddings=None, only=None, no_anchors=False, features=False,
+               chain_only=False):
     import torch
     from end_features import Recorder
     from SlideSAMLib.session import Session
@@ -259,8 +262,12 @@ def sweep_case(model, group, paths, names, out, save, known, embeddings=None, on
         else:
             chain_pred, _ = anchors.chain(predictor, k0, box2d)
             row["chain"] = round(metrics.dice(chain_pred, truth), 4)
-            row["oracle"] = round(metrics.dice(anchors.oracle(predictor, truth), truth), 4)
-            row["anchors"] = "this run"
+            if chain_only:
+                row["oracle"] = float("nan")
+                row["anchors"] = "this run (chain only, --chain-only)"
+            else:
+                row["oracle"] = round(metrics.dice(anchors.oracle(predictor, truth), truth), 4)
+                row["anchors"] = "this run"
         for name in names:
             recorder = Recorder((case.spacing[1], case.spacing[0])) if features and name == names[0] else contextlib.nullcontext()
             with applied(variant(name), session), recorder:
@@ -348,6 +355,7 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated structure names (e.g. 'label 2'): sweep only these")
     ap.add_argument("--anchors-from", nargs="*", default=[], help="earlier eval.json / sweep JSON files with the same structures' anchors")
     ap.add_argument("--no-anchors", action="store_true", help="skip the chain and oracle (their columns read nan)")
+    ap.add_argument("--chain-only", action="store_true", help="decode the chain but not the oracle (its column reads nan)")
     ap.add_argument("--features", action="store_true", help="record each window's candidate end signals in the first "
                     "variant's run (benchmarks/end_features.py; row['features'])")
     ap.add_argument("--embeddings", help="folder for each volume's embeddings (read if there, written after the volume)")
@@ -379,7 +387,7 @@ def main() -> int:
 
     for group in cases:
         sweep_case(model, group, CASES[group], names, rows, save, known_anchors(args.anchors_from), args.embeddings,
-                   args.only.split(",") if args.only else None, args.no_anchors, args.features)
+                   args.only.split(",") if args.only else None, args.no_anchors, args.features, args.chain_only)
     save(complete=True)
     print(table(rows, names))
     print()
