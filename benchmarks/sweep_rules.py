@@ -333,11 +333,13 @@ def reasons(rows, names) -> str:
 
 
 def merged(paths, names) -> list:
-    """The rows of several sweeps, each structure's variants merged; only structures that have every one of `names`."""
+    """The rows of several sweeps, each structure's variants merged (by case, image, label file and label); only
+    structures that have every one of `names`."""
     by_key = {}
     for path in paths:
         for r in json.loads(Path(path).read_text())["rows"]:
-            key = (r["image"], r["label_file"], r["label"])
+            # the case too: ct_chest_nodule and mr_breast_lesion both hold image.nrrd / label.nrrd, label 1
+            key = (r["case"], r["image"], r["label_file"], r["label"])
             if key in by_key:
                 by_key[key]["variants"].update(r["variants"])
             else:
@@ -348,9 +350,10 @@ def merged(paths, names) -> list:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", "--out", help="JSON file (rewritten after every structure)")
-    ap.add_argument("--report", nargs="+", metavar="SWEEP.json", help="no sweep: merge these sweeps' rows (by image, label file, "
-                    "label) and print the tables for --variants over the structures that have them all")
-    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated (of: " + ", ".join(VARIANTS) + "); the first is the table's baseline")
+    ap.add_argument("--report", nargs="+", metavar="SWEEP.json", help="no sweep: merge these sweeps' rows (by case, image, label "
+                    "file, label) and print the tables for --variants over the structures that have them all")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated (of: " + ", ".join(VARIANTS) + "); the first is the table's baseline; 'none': no "
+                    "propagation, only the anchors")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated, of: " + ", ".join(CASES))
     ap.add_argument("--only", help="comma-separated structure names (e.g. 'label 2'): sweep only these")
     ap.add_argument("--anchors-from", nargs="*", default=[], help="earlier eval.json / sweep JSON files with the same structures' anchors")
@@ -362,7 +365,7 @@ def main() -> int:
     args = ap.parse_args()
     from SlideSAMLib.checkpoint import load_model
 
-    names = args.variants.split(",")
+    names = [] if args.variants == "none" else args.variants.split(",")  # none: the anchors only (with --chain-only: the chain)
     for n in names:
         variant(n)
     if args.report:
@@ -389,6 +392,8 @@ def main() -> int:
         sweep_case(model, group, CASES[group], names, rows, save, known_anchors(args.anchors_from), args.embeddings,
                    args.only.split(",") if args.only else None, args.no_anchors, args.features, args.chain_only)
     save(complete=True)
+    if not names:
+        return 0
     print(table(rows, names))
     print()
     print(reasons(rows, names))
