@@ -56,12 +56,12 @@ def dice(r, n):
 def chain_of(r, chains):
     """(chain Dice or None, where it came from)."""
     if key(r) in chains:
-        return chains[key(r)], "this session"
+        return chains[key(r)], "s9"
     if not math.isnan(r.get("chain", float("nan"))):
         return r["chain"], "sweep"
     if key(r) in S8_CHAIN_WINS:
-        return S8_CHAIN_WINS[key(r)][1], "session 8"
-    return None, "unknown (session 8: <= default + 0.02)"
+        return S8_CHAIN_WINS[key(r)][1], "s8"
+    return None, "?"
 
 
 def chain_wins(rows, n, chains):
@@ -151,7 +151,8 @@ def main():
                          f"{st['down']['delta']:+d}){'' if ok else ' **FAILS**'}")
         print(f"| {organ} | {floor} | " + " | ".join(cells) + " |")
 
-    print("\nStructures where a variant moves the Dice by > 0.02 (or the chain wins under some variant)\n")
+    print("\nStructures where a variant moves the Dice by > 0.02 (or the chain wins under some variant); chain: s9 decoded "
+          "in this session (--chain), s8 session 8's table, ? not decoded (session 8: <= default + 0.02)\n")
     print("| structure | chain (source) | " + " | ".join(names) + " |\n|---|---|" + "---:|" * len(names))
     for r in sorted(rows, key=lambda r: min(dice(r, n) - dice(r, "default") for n in names)):
         c, src = chain_of(r, chains)
