@@ -87,6 +87,7 @@ def main():
     ap.add_argument("sweeps", nargs="+")
     ap.add_argument("--chain", nargs="*", default=[])
     ap.add_argument("--variants", default="default,margin3,margin4")
+    ap.add_argument("--list-min", type=float, default=MARGIN, help="the per-structure table lists moves larger than this")
     args = ap.parse_args()
     names = args.variants.split(",")
     rows = sweep_rules.merged(args.sweeps, names)
@@ -151,12 +152,12 @@ def main():
                          f"{st['down']['delta']:+d}){'' if ok else ' **FAILS**'}")
         print(f"| {organ} | {floor} | " + " | ".join(cells) + " |")
 
-    print("\nStructures where a variant moves the Dice by > 0.02 (or the chain wins under some variant); chain: s9 decoded "
+    print(f"\nStructures where a variant moves the Dice by > {args.list_min} (or the chain wins under some variant); chain: s9 decoded "
           "in this session (--chain), s8 session 8's table, ? not decoded (session 8: <= default + 0.02)\n")
     print("| structure | chain (source) | " + " | ".join(names) + " |\n|---|---|" + "---:|" * len(names))
     for r in sorted(rows, key=lambda r: min(dice(r, n) - dice(r, "default") for n in names)):
         c, src = chain_of(r, chains)
-        moved = any(abs(dice(r, n) - dice(r, "default")) > MARGIN for n in names)
+        moved = any(abs(dice(r, n) - dice(r, "default")) > args.list_min for n in names)
         won = c is not None and any(c > dice(r, n) + MARGIN for n in names)
         if moved or won:
             print(f"| {r['case']} {r['structure']} | {'-' if c is None else f'{c:.3f}'} ({src}) | "
