@@ -53,7 +53,15 @@ SIDE_WEIGHT = 1.0
 #
 # The next window's box is the neighbour mask's box grown by BOX_MARGIN_MODEL_PX on each side: a tight box makes
 # SAM-family models under-segment, and the chain then shrinks.
-BOX_MARGIN_MODEL_PX = 5.0  # not swept in session 7 (RESULTS_rules.md): session 1's spleen evidence above stands
+# Swept in session 9 on all 120 training structures (RESULTS_rules.md, "Session 9: box margin, 120 structures"):
+# 3 / 4 px (3 is the naive chain's margin) lower the mean one-box Dice 0.4032 -> 0.3785 / 0.3962 (29 / 24 structures
+# better by > 0.02, 46 / 28 worse), every leave-one-folder-out fold picks 5, and example_ct's spleen (0.922 -> 0.763 /
+# 0.852) and right kidney (0.917 -> 0.606 / 0.638) fall below their CI floors (Testing/engine/test_rules.py). 3 px
+# gains on bones whose neighbours look alike (example_ct L5 0.20 -> 0.49, sacrum, right femur, ct_mr_spine CT
+# sub-regions) and the left upper lung lobe (0.44 -> 0.69), and loses on compact soft organs and muscles (duodenum
+# 0.60 -> 0.23, example_ct right autochthon 0.69 -> 0.25, mr_abdomen spleen 0.80 -> 0.58, LiTS liver 0.87 -> 0.71).
+# The click search's refining decode (clicks.py) uses this constant too; RESULTS_clicks.md measured it with 5 px.
+BOX_MARGIN_MODEL_PX = 5.0
 # How far (model-input pixels; see above for mm) an organ's outline may move from one slice to the next.
 # The sweep: 4 px lowered the mean one-box Dice of 75 training structures 0.430 -> 0.412 (example_ct aorta 0.840 ->
 # 0.182, mr_abdomen aorta 0.773 -> 0.085: their masks leak, the growth rule then ends the chains early); 2 px kept.

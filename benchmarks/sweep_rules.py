@@ -53,7 +53,9 @@ CASES = {
 # example_ct's organs of the CI floors and RESULTS.md §1c go first (eval_anchors.sh's training_main list).
 FIRST = {"ct_abdomen": ["spleen", "kidney_right", "kidney_left", "liver", "gallbladder", "stomach", "pancreas", "aorta",
                         "inferior_vena_cava", "urinary_bladder", "vertebrae_L3", "duodenum", "iliopsoas_left", "femur_left",
-                        "autochthon_left", "portal_vein_and_splenic_vein"]}
+                        "autochthon_left", "portal_vein_and_splenic_vein",
+                        # then session 8's chain-win structures (RESULTS_rules.md "Session 8: where the chain wins")
+                        "vertebrae_L5", "sacrum", "small_bowel", "femur_right", "gluteus_medius_left"]}
 # The variants run when --variants is not given: every StopRule rule relaxed and off (cheap: they share the
 # default's decodes up to where it stopped), and the constraints that change every box (a full chain each).
 DEFAULT_VARIANTS = ("default,overlap0.3,overlap-off,growth3,growth-off,iou0.3,iou-off,inliers-off,tail-off,"
@@ -221,7 +223,8 @@ def embeddings_file(folder, image, predictor) -> Path:
     return Path(folder) / f"{Path(image).parent.name}_{Path(image).name}_{key}.pt"
 
 
-def sweep_case(model, group, paths, names, out, save, known, embeddings=None, only=None, no_anchors=False, features=False):
+def sweep_case(model, group, paths, names, out, save, known, embeddings=None, only=None, no_anchors=False, features=False,
+               chain_only=False):
     import torch
     from end_features import Recorder
     from SlideSAMLib.session import Session
@@ -259,8 +262,12 @@ def sweep_case(model, group, paths, names, out, save, known, embeddings=None, on
         else:
             chain_pred, _ = anchors.chain(predictor, k0, box2d)
             row["chain"] = round(metrics.dice(chain_pred, truth), 4)
-            row["oracle"] = round(metrics.dice(anchors.oracle(predictor, truth), truth), 4)
-            row["anchors"] = "this run"
+            if chain_only:
+                row["oracle"] = float("nan")
+                row["anchors"] = "this run (chain only, --chain-only)"
+            else:
+                row["oracle"] = round(metrics.dice(anchors.oracle(predictor, truth), truth), 4)
+                row["anchors"] = "this run"
         for name in names:
             recorder = Recorder((case.spacing[1], case.spacing[0])) if features and name == names[0] else contextlib.nullcontext()
             with applied(variant(name), session), recorder:
@@ -326,11 +333,13 @@ def reasons(rows, names) -> str:
 
 
 def merged(paths, names) -> list:
-    """The rows of several sweeps, each structure's variants merged; only structures that have every one of `names`."""
+    """The rows of several sweeps, each structure's variants merged (by case, image, label file and label); only
+    structures that have every one of `names`."""
     by_key = {}
     for path in paths:
         for r in json.loads(Path(path).read_text())["rows"]:
-            key = (r["image"], r["label_file"], r["label"])
+            # the case too: ct_chest_nodule and mr_breast_lesion both hold image.nrrd / label.nrrd, label 1
+            key = (r["case"], r["image"], r["label_file"], r["label"])
             if key in by_key:
                 by_key[key]["variants"].update(r["variants"])
             else:
@@ -341,20 +350,22 @@ def merged(paths, names) -> list:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", "--out", help="JSON file (rewritten after every structure)")
-    ap.add_argument("--report", nargs="+", metavar="SWEEP.json", help="no sweep: merge these sweeps' rows (by image, label file, "
-                    "label) and print the tables for --variants over the structures that have them all")
-    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated (of: " + ", ".join(VARIANTS) + "); the first is the table's baseline")
+    ap.add_argument("--report", nargs="+", metavar="SWEEP.json", help="no sweep: merge these sweeps' rows (by case, image, label "
+                    "file, label) and print the tables for --variants over the structures that have them all")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated (of: " + ", ".join(VARIANTS) + "); the first is the table's baseline; 'none': no "
+                    "propagation, only the anchors")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated, of: " + ", ".join(CASES))
     ap.add_argument("--only", help="comma-separated structure names (e.g. 'label 2'): sweep only these")
     ap.add_argument("--anchors-from", nargs="*", default=[], help="earlier eval.json / sweep JSON files with the same structures' anchors")
     ap.add_argument("--no-anchors", action="store_true", help="skip the chain and oracle (their columns read nan)")
+    ap.add_argument("--chain-only", action="store_true", help="decode the chain but not the oracle (its column reads nan)")
     ap.add_argument("--features", action="store_true", help="record each window's candidate end signals in the first "
                     "variant's run (benchmarks/end_features.py; row['features'])")
     ap.add_argument("--embeddings", help="folder for each volume's embeddings (read if there, written after the volume)")
     args = ap.parse_args()
     from SlideSAMLib.checkpoint import load_model
 
-    names = args.variants.split(",")
+    names = [] if args.variants == "none" else args.variants.split(",")  # none: the anchors only (with --chain-only: the chain)
     for n in names:
         variant(n)
     if args.report:
@@ -379,8 +390,10 @@ def main() -> int:
 
     for group in cases:
         sweep_case(model, group, CASES[group], names, rows, save, known_anchors(args.anchors_from), args.embeddings,
-                   args.only.split(",") if args.only else None, args.no_anchors, args.features)
+                   args.only.split(",") if args.only else None, args.no_anchors, args.features, args.chain_only)
     save(complete=True)
+    if not names:
+        return 0
     print(table(rows, names))
     print()
     print(reasons(rows, names))
