@@ -96,11 +96,16 @@ class ClickSearch:
         if max(scores) < 0:
             raise InputError(f"no structure found under the click(s) on slice {k}: click inside the structure, or draw a box around it")
         self.candidates = candidates  # the last search's ladder (for the benchmark)
-        chosen = candidates[self._smallest_plausible(candidates, scores, image)]
+        chosen = candidates[self._choose(candidates, scores, image, in_band, (x, y))]
         refined = self._decode(k, grown_box(chosen[2], self.margin), include, exclude)
         return (refined or chosen[1:])[0]
 
     # -- parts ---------------------------------------------------------------
+    def _choose(self, candidates, scores: List[float], image: np.ndarray, in_band: np.ndarray, click) -> int:
+        """The candidate the search returns (steps 3-4); a benchmark variant overrides this one method
+        (benchmarks/clicks_step5_guarded.py)."""
+        return self._smallest_plausible(candidates, scores, image)
+
     def _smallest_plausible(self, candidates, scores: List[float], image: np.ndarray) -> int:
         """Step 4: the first candidate smaller than the pick (the best score) that is contained, stable, confident and sharper-edged."""
         pick = int(np.argmax(scores))
