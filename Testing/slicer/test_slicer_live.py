@@ -13,8 +13,7 @@ import pytest
 import slicer
 
 from SlideSAMSlicer.writer import read_segment, stack_view
-from slicer_data import refinement_clicks
-from test_slicer_widget import RANGE, corrected_kidney, env, gui, in_slice_range, kidney_box, new_segmentation, propagate_kidney, ras_of, run_to_end, show_slice  # noqa: F401  (fixtures)
+from test_slicer_widget import RANGE, corrected_kidney, refinement_setup, env, gui, in_slice_range, kidney_box, new_segmentation, propagate_kidney, ras_of, run_to_end, show_slice  # noqa: F401  (fixtures)
 
 
 class Gate:
@@ -228,14 +227,7 @@ def test_a_refine_shows_the_corrected_slice_first_then_each_slice_and_undo_resto
     segmentation = propagate_kidney(gui, "live refine")  # not stepped: the refine's result is what this test follows
     run_to_end(gui)
     assert not gui.errors and not gui.raised, (gui.errors, gui.raised)
-    segmentId = ui.segmentSelector.currentSegmentID()
-    before = read_segment(segmentation, segmentId, ct.node)
-    k = ct.k + 1
-    (ex, ey), (ix, iy) = refinement_clicks(before[k] > 0, ct.reference[k] > 0)
-    include = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
-    exclude = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "exclude")
-    ui.includePointsSelector.setCurrentNode(include)
-    ui.excludePointsSelector.setCurrentNode(exclude)
+    segmentId, before, k, (ex, ey), (ix, iy), include, exclude = refinement_setup(gui, segmentation)
     include.AddControlPointWorld(*ras_of(ct, (ix, iy, k)))
     exclude.AddControlPointWorld(*ras_of(ct, (ex, ey, k)))
     show_slice(gui, k)

@@ -157,6 +157,21 @@ def propagate_kidney(gui, name):
     return segmentation
 
 
+def refinement_setup(gui, segmentation):
+    """After a kidney run: its segment ID and voxels, the slice to refine (k + 1), that slice's exclude and include
+    pixels (slicer_data.refinement_clicks), and two empty point lists set as the widget's include / exclude points."""
+    ui, ct = gui.ui, gui.ct
+    segmentId = ui.segmentSelector.currentSegmentID()
+    before = read_segment(segmentation, segmentId, ct.node)
+    k = ct.k + 1
+    (ex, ey), (ix, iy) = refinement_clicks(before[k] > 0, ct.reference[k] > 0)
+    include = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
+    exclude = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "exclude")
+    ui.includePointsSelector.setCurrentNode(include)
+    ui.excludePointsSelector.setCurrentNode(exclude)
+    return segmentId, before, k, (ex, ey), (ix, iy), include, exclude
+
+
 def corrected_kidney(gui, name, fixed):
     """A segment holding the reference kidney up to slice `fixed` (an annotator's correction there, empty above),
     selected, with `fixed` shown and the panel set to restart upwards within the range: (node, segment ID, before)."""
@@ -341,14 +356,7 @@ def test_refine_with_the_points_on_the_shown_slice_and_undo_restores(gui):
     ui, ct = gui.ui, gui.ct
     segmentation = propagate_kidney(gui, "refine")
     run_to_end(gui)
-    segmentId = ui.segmentSelector.currentSegmentID()
-    before = read_segment(segmentation, segmentId, ct.node)
-    k = ct.k + 1
-    (ex, ey), (ix, iy) = refinement_clicks(before[k] > 0, ct.reference[k] > 0)
-    include = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
-    exclude = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "exclude")
-    ui.includePointsSelector.setCurrentNode(include)
-    ui.excludePointsSelector.setCurrentNode(exclude)
+    segmentId, before, k, (ex, ey), (ix, iy), include, exclude = refinement_setup(gui, segmentation)
     include.AddControlPointWorld(*ras_of(ct, (ix, iy, ct.k - 2)))  # an earlier point on another slice: not this refine's
     show_slice(gui, k)
     ui.refineButton.click()  # nothing placed on slice k yet
