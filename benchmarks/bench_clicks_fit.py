@@ -32,7 +32,9 @@ from scipy.optimize import minimize
 
 from SlideSAMLib import clicks as C
 from SlideSAMLib.evaluation.metrics import dice
+from bench_clicks_slice import load_clicks
 
+GUARDED = load_clicks(Path(__file__).with_name("clicks_step5_guarded.py"), "_clicks_step5_guarded")
 E = 1e-3
 RANK = ["log_iou", "log_fit", "log_area_mm2", "log_edge_rel", "border", "stable", "compact", "offset", "log_refined_iou", "refined_agree", "plateau", "is_main"]
 
@@ -84,27 +86,14 @@ STEP5_BIAS = -2.11237
 
 
 def step5_features(shell, candidates, in_band, gradient, click, pixel_mm):
-    """Step 5's features of each candidate (9e34781's `ClickSearch._features`; a row of NaN where it missed a click)."""
-    edges = [None if c is None else C._edge(c[2], gradient) for c in candidates]
-    sharpest = max(max(e for e in edges if e is not None), 1e-12)  # a flat slice has no edge
-    features = np.full((len(candidates), len(STEP5_FEATURES)), np.nan)
-    for i, c in enumerate(candidates):
-        if c is None:
-            continue
-        box, pred, part = c
-        after = candidates[i + 1] if i + 1 < len(candidates) else None
-        area = float(part.sum())
-        cy, cx = ndimage.center_of_mass(part)
-        outline = int((part & ~ndimage.binary_erosion(part)).sum())
-        features[i] = [np.log(pred.iou + E), np.log(shell._fit(part, in_band) + E), np.log(area * pixel_mm ** 2),
-                       np.log(edges[i] / sharpest + E), C._on_border(part, box), 0.0 if after is None else dice(part, after[2]),
-                       4 * np.pi * area / max(outline, 1) ** 2, np.hypot(cx - click[0], cy - click[1]) / np.sqrt(area / np.pi)]
-    return features
+    """Step 5's features of each candidate (9e34781's `ClickSearch._features`, kept in clicks_step5_guarded.py; a row
+    of NaN where it missed a click). `shell`: a clicks.ClickSearch of the dumped slice (its ring and band)."""
+    search = object.__new__(GUARDED.ClickSearch)
+    search.__dict__.update(vars(shell), pixel_mm=pixel_mm)
+    return search._features(candidates, in_band, gradient, click)
 
 
-def step5_pair(features, j, pick):
-    """Step 5's input for candidate j against the choice: its features, then the first four's differences."""
-    return np.r_[features[j], features[j, :4] - features[pick, :4]]
+step5_pair = GUARDED.pair_features  # candidate j's features, then the first four's differences to the choice
 
 
 def step5_probability(features, j, pick, weights=STEP5_WEIGHTS, bias=STEP5_BIAS):
