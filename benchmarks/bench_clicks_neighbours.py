@@ -21,7 +21,7 @@ from scipy import ndimage
 from bench_clicks_3d import click_of
 from bench_clicks_fit import fit_replace, load, step34
 from bench_clicks_guard import GUARDS, guarded
-from bench_clicks_slice import CASES, D
+from bench_clicks_slice import case_sessions
 
 
 def agreement(pred, k, box, part, depth):
@@ -46,8 +46,7 @@ def main():
     args = ap.parse_args()
     import torch
 
-    from SlideSAMLib import Session, load_model
-    from SlideSAMLib.evaluation.evaluate import load_case
+    from SlideSAMLib import load_model
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     sets = [load(d) for d in args.dumps]
@@ -68,12 +67,7 @@ def main():
     for s in every:
         if id(s) in pairs:
             by_case.setdefault(s["case"], []).append(s)
-    for name, image, label, names in CASES:
-        if name not in by_case:
-            continue
-        c = load_case(D / image, D / label, D / names if names else None)
-        session = Session(model, c.volume, spacing=c.spacing)
-        pred = session.predictor(2)
+    for name, c, session, pred, _ in case_sessions(model, lambda name: name in by_case):
         by_name = {v: k for k, v in c.structures.items()}
         for s in by_case[name]:
             sname, _, tag = s["structure"].partition("@")

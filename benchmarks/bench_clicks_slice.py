@@ -58,21 +58,28 @@ class SharedDecodes:
         return self._seen[key]
 
 
+def case_sessions(model, wanted):
+    """(case name, its loaded case, one Session on it, the three-slice predictor, in-plane pixel mm) for each training
+    case of CASES whose name `wanted(name)` accepts; one Session per volume (its windows encoded as they are asked for)."""
+    from SlideSAMLib import Session
+    from SlideSAMLib.evaluation.evaluate import load_case
+
+    for name, image, label, names in CASES:
+        if not wanted(name):
+            continue
+        c = load_case(D / image, D / label, D / names if names else None)
+        session = Session(model, c.volume, spacing=c.spacing)
+        yield name, c, session, session.predictor(2), float(np.mean(c.spacing[:2]))
+
+
 def prompt_slices(model, only=None):
     """Every training structure's prompt slice, as `slidesam eval` places its prompts: (case name, structure name,
     the decodes shared by the variants, pixel mm, slice k, its reference, its area, the click (x, y), the tight box's
     mask). One Session per volume: one encoded window per structure."""
-    from SlideSAMLib import Session
-    from SlideSAMLib.evaluation.evaluate import MIN_AREA, load_case
+    from SlideSAMLib.evaluation.evaluate import MIN_AREA
     from SlideSAMLib.training.prompts import deepest_point, tight_box
 
-    for name, image, label, names in CASES:
-        if only and name not in only:
-            continue
-        c = load_case(D / image, D / label, D / names if names else None)
-        session = Session(model, c.volume, spacing=c.spacing)
-        pred = session.predictor(2)
-        pixel_mm = float(np.mean(c.spacing[:2]))
+    for name, c, session, pred, pixel_mm in case_sessions(model, lambda name: not only or name in only):
         for value, sname in c.structures.items():
             truth = c.labels == value
             areas = truth.sum(axis=(1, 2))
@@ -104,17 +111,9 @@ def organ_clicks(model, confirm=False):
     / "NAME@third-0.4-far". Training folders only."""
     from scipy import ndimage
 
-    from SlideSAMLib import Session
-    from SlideSAMLib.evaluation.evaluate import load_case
     from SlideSAMLib.training.prompts import deepest_point, tight_box
 
-    for name, image, label, names in CASES:
-        if name not in LARGE:
-            continue
-        c = load_case(D / image, D / label, D / names if names else None)
-        session = Session(model, c.volume, spacing=c.spacing)
-        pred = session.predictor(2)
-        pixel_mm = float(np.mean(c.spacing[:2]))
+    for name, c, session, pred, pixel_mm in case_sessions(model, lambda name: name in LARGE):
         for value, sname in c.structures.items():
             if sname not in LARGE[name]:
                 continue
