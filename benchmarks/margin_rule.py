@@ -154,6 +154,7 @@ def show(rule):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweeps", nargs="+")
+    ap.add_argument("--permutations", type=int, default=100, help="shuffles per feature for the diagnostic table's chance column")
     ap.add_argument("--features-cache", help="JSON: read the features from it if it exists, else compute and write them")
     args = ap.parse_args()
     rows = sweep_rules.merged(args.sweeps, list(VARIANT_OF.values()))
@@ -193,6 +194,12 @@ def main():
     print(f"\nIn-sample (fitted and scored on all {n}; an upper bound, not a result): {show(rule_all)}: mean {d_all.mean():.4f} "
           f"vs {D[5].mean():.4f}, better / worse by > 0.02: {((d_all - D[5]) > MARGIN).sum()} / {((d_all - D[5]) < -MARGIN).sum()}, "
           f"structures changed {(mm_all != 5).sum()}\n")
+    print("| folder | structures | in-sample rule vs 5 px | better / worse by > 0.02 | changed |\n|---|---:|---:|---:|---:|")
+    for g in folders:
+        te = fmask[g]
+        dd = (d_all - D[5])[te]
+        print(f"| {g} | {te.sum()} | {d_all[te].mean():.4f} vs {D[5][te].mean():.4f} | {(dd > MARGIN).sum()} / {(dd < -MARGIN).sum()} | {(mm_all[te] != 5).sum()} |")
+    print()
 
     print("Leave-one-folder-out: the rule (feature, direction, threshold, margin) fitted on the other five folders, on the held-out one\n")
     print("| held out | structures | rule fitted on the other five | held-out mean: rule vs 5 px | better / worse by > 0.02 | changed |")
@@ -238,17 +245,27 @@ def main():
 
     print("\nDiagnostic only (the feature fixed beforehand, only direction / threshold / margin fitted per fold; choosing the best "
           "row of this table afterwards would be fitting on the held-out folders)\n")
-    print("| feature | pooled held-out mean vs 5 px | better / worse by > 0.02 | folds where it fires on held-out structures |")
-    print("|---|---:|---:|---:|")
-    for f in FEATURES:
+    print("| feature | pooled held-out mean vs 5 px | better / worse by > 0.02 | folds where it fires on held-out structures | "
+          f"share of {args.permutations} shuffles of this feature that gain as much |")
+    print("|---|---:|---:|---:|---:|")
+
+    def lofo_one(FF, f):
         h, fires = np.zeros(n), 0
         for g in folders:
             te = fmask[g]
-            mm = rule_margins(F, fit(F, D, np.nonzero(~te)[0], [f]))
+            mm = rule_margins(FF, fit(FF, D, np.nonzero(~te)[0], [f]))
             h[te] = dice_under(D, mm)[te]
             fires += int((mm[te] != 5).any())
+        return h, fires
+
+    rng = np.random.default_rng(0)
+    for f in FEATURES:
+        h, fires = lofo_one(F, f)
         dd = h - D[5]
-        print(f"| {f} | {h.mean():.4f} vs {D[5].mean():.4f} | {(dd > MARGIN).sum()} / {(dd < -MARGIN).sum()} | {fires} |")
+        # the same fit on the feature's values shuffled across structures: how often chance gains as much held out
+        null = [lofo_one({f: rng.permutation(F[f])}, f)[0].mean() for _ in range(args.permutations)]
+        share = np.mean(np.array(null) >= h.mean()) if null else float("nan")
+        print(f"| {f} | {h.mean():.4f} vs {D[5].mean():.4f} | {(dd > MARGIN).sum()} / {(dd < -MARGIN).sum()} | {fires} | {share:.2f} |")
 
 
 if __name__ == "__main__":
