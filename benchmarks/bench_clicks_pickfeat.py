@@ -167,11 +167,42 @@ def search(rows):
                   + " | " + ", ".join(f"{f} {t:.3g}" for f, t in chosen.items()) + " |", flush=True)
 
 
+def chance(rows, n, base="guarded all-120", seed=0):
+    """How often a RANDOM pick feature (uniform, drawn per changed click) passes the leave-one-folder-out test of
+    `search` (threshold chosen on the other folders: no A/B loss first, then the 120's click / box; pass: no A/B click
+    worse by > 0.02, the 120's click / box above steps 3-4's and fewer below 0.7 x)."""
+    rows = [r for r in rows if r["set"] <= 2]
+    n120 = sum(r["set"] == 0 for r in rows)
+    main_r = np.mean([r["main_r"] for r in rows if r["set"] == 0])
+    main_below = sum(r["main_r"] < 0.7 for r in rows if r["set"] == 0)
+    ch = [r for r in rows if r["base"][base]["f"] is not None]
+    dr = np.array([r["base"][base]["r"] - r["main_r"] for r in ch])
+    dd = np.array([r["base"][base]["d"] - r["main_d"] for r in ch])
+    cross = np.array([int(r["base"][base]["r"] < 0.7) - int(r["main_r"] < 0.7) for r in ch])
+    st, fo = np.array([r["set"] for r in ch]), np.array([r["folder"] for r in ch])
+    rng, passed = np.random.default_rng(seed), np.zeros((n, 2), bool)
+    for i in range(n):
+        v = rng.random(len(ch))
+        cuts = np.r_[v.min() - 1, (np.sort(v)[1:] + np.sort(v)[:-1]) / 2, v.max() + 1]
+        for d, sgn in enumerate((1, -1)):
+            take = np.zeros(len(v), bool)
+            for f in set(fo):
+                train = fo != f
+                key = lambda t: (-((dd < -0.02) & (sgn * v >= sgn * t) & train & (st > 0)).sum(), (dr * ((sgn * v >= sgn * t) & train & (st == 0))).sum())
+                t = max(cuts, key=key)
+                take |= (sgn * v >= sgn * t) & (fo == f)
+            passed[i, d] = (not ((dd < -0.02) & take & (st > 0)).any() and (dr * take * (st == 0)).sum() / n120 > 1e-9
+                            and main_below + (cross * take * (st == 0)).sum() < main_below)
+    print(f"{base}: {len(ch)} clicks changed by the base; a random feature passes leave-one-folder-out: '>=' {passed[:, 0].mean():.3f}, "
+          f"'<=' {passed[:, 1].mean():.3f}, either {passed.any(1).mean():.3f} ({n} draws; steps 3-4 on the 120: {main_r:.3f}, {main_below} below 0.7 x)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dumps", type=Path, nargs="+", help="the 120's dump, then set A, set B, ...")
     ap.add_argument("--cache", type=Path, help="pickle of the per-click rows (written if absent)")
     ap.add_argument("--search", action="store_true", help="the gate search on the 120, A and B (in-sample and LOFO)")
+    ap.add_argument("--chance", type=int, metavar="N", help="N random features through the leave-one-folder-out test (chance rate)")
     ap.add_argument("--detail", action="store_true", help="list each click a base changes, with the pick's features")
     args = ap.parse_args()
     if args.cache and args.cache.exists():
@@ -194,6 +225,9 @@ def main():
     nsets = 1 + max(r["set"] for r in rows)
     if args.search:
         search(rows)
+        return
+    if args.chance:
+        chance(rows, args.chance)
         return
     print(f"{nsets} sets: " + ", ".join(f"set {si} {sum(r['set'] == si for r in rows)} clicks" for si in range(nsets)))
     lines = []
