@@ -10,6 +10,10 @@ fit that left its own folder out) and fitted on all 120 (what would ship). Judge
 mask on the prompt slice, click / one tight box capped at 2.
 
     PYTHONPATH=.:benchmarks python benchmarks/bench_clicks_pickfeat.py DUMP SET_A SET_B [SET_C ...] [--cache FILE] [--detail]
+        default: steps 3-4, each base, the CHOSEN gate and the INFORMATIVE ones on every set given
+        --search: every feature x direction x base at its best in-sample threshold, then leave-one-folder-out (sets 0-2)
+        --chance N: how often a random feature passes that leave-one-folder-out test
+        --replay CLICKS_PY: that clicks.py's own _choose on the dumped ladders, against CHOSEN (must be equal)
 """
 import argparse
 import pickle
@@ -197,12 +201,39 @@ def chance(rows, n, base="guarded all-120", seed=0):
           f"'<=' {passed[:, 1].mean():.3f}, either {passed.any(1).mean():.3f} ({n} draws; steps 3-4 on the 120: {main_r:.3f}, {main_below} below 0.7 x)")
 
 
+def replay(path, rows, dumps):
+    """A clicks.py's own `_choose` on each dumped ladder, against CHOSEN on the guarded all-120 base (must be equal)."""
+    from types import SimpleNamespace
+
+    from bench_clicks_slice import load_clicks
+
+    module, bad, n = load_clicks(path, "_clicks_replay"), 0, 0
+    for si, d in enumerate(dumps):
+        R = [r for r in rows if r["set"] == si]
+        for s, r in zip(load(d), R):
+            z = np.load(s["path"])
+            shell = object.__new__(module.ClickSearch)
+            shell.rows, shell.cols = s["image"].shape
+            shell.ring_px, shell.pixel_mm, shell.disc_px = s["ring_px"], s["pixel_mm"], float(z["disc_px"])
+            ladder = [None if s["c"][i] is None else (z["boxes"][i], SimpleNamespace(iou=float(z["ious"][i])), s["parts"][i])
+                      for i in range(len(s["parts"]))]
+            scores = [-1.0 if c is None else shell._fit(c[2], s["in_band"]) * c[1].iou for c in ladder]
+            b = r["base"]["guarded all-120"]
+            want = b["j"] if b["f"] is not None and gate_of(*CHOSEN)(b["f"]) else step34(s)
+            n += 1
+            if shell._choose(ladder, scores, s["image"], s["in_band"], s["click"]) != want:
+                bad += 1
+                print(f"  differs: set {si} {s['folder']} {s['structure']}")
+    print(f"{path}: {n} dumped clicks replayed, {bad} differ from CHOSEN on the guarded all-120 base")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dumps", type=Path, nargs="+", help="the 120's dump, then set A, set B, ...")
     ap.add_argument("--cache", type=Path, help="pickle of the per-click rows (written if absent)")
     ap.add_argument("--search", action="store_true", help="the gate search on the 120, A and B (in-sample and LOFO)")
     ap.add_argument("--chance", type=int, metavar="N", help="N random features through the leave-one-folder-out test (chance rate)")
+    ap.add_argument("--replay", type=Path, metavar="CLICKS_PY", help="replay that clicks.py's _choose on the dumps (must equal CHOSEN)")
     ap.add_argument("--detail", action="store_true", help="list each click a base changes, with the pick's features")
     args = ap.parse_args()
     if args.cache and args.cache.exists():
@@ -225,6 +256,9 @@ def main():
     nsets = 1 + max(r["set"] for r in rows)
     if args.search:
         search(rows)
+        return
+    if args.replay:
+        replay(args.replay, rows, args.dumps)
         return
     if args.chance:
         chance(rows, args.chance)
