@@ -6,7 +6,7 @@ margin: what the search returns when it chooses that square). Written per struct
 image, the reference slice, the tight box's mask, the click, each square's box, IoU, stability, part mask (or a
 missing flag) and refined mask and IoU, and the mask main's search returns. `bench_clicks_fit.py` reads them.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. nice -n 5 python benchmarks/bench_clicks_dump.py OUT_DIR [--only CASE ...] [--large [--confirm]]
+    OMP_NUM_THREADS=1 PYTHONPATH=. nice -n 5 python benchmarks/bench_clicks_dump.py OUT_DIR [--only CASE ...] [--large [--confirm | --set-c]]
 
 Training folders only (../shared/data/README.md).
 """
@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--only", nargs="*", help="case names to run (default: all)")
     ap.add_argument("--large", action="store_true", help="the large organs' extra clicks (`organ_clicks`) instead")
     ap.add_argument("--confirm", action="store_true", help="with --large: the second set of clicks (`organ_clicks(confirm=True)`)")
+    ap.add_argument("--set-c", action="store_true", help="with --large: set C (`organ_clicks(set_c=True)`: other slices, plus muscles and vertebrae)")
     args = ap.parse_args()
     import torch
 
@@ -38,7 +39,7 @@ def main():
     model = load_model(device="cpu")
     print(f"load {'/'.join(f'{v:.1f}' for v in os.getloadavg())}, torch threads {torch.get_num_threads()}", flush=True)
     index, t0 = [], time.time()
-    for name, sname, shared, pixel_mm, k, truth_k, pixels, (x, y), box_mask in (organ_clicks(model, args.confirm) if args.large else prompt_slices(model, args.only)):
+    for name, sname, shared, pixel_mm, k, truth_k, pixels, (x, y), box_mask in (organ_clicks(model, args.confirm, args.set_c) if args.large else prompt_slices(model, args.only)):
         search = clicks.ClickSearch(shared, pixel_mm)
         returned = click_mask(search, k, x, y, f"{name} {sname}")
         returned = np.zeros_like(truth_k) if returned is None else returned

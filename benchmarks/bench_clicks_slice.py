@@ -102,12 +102,21 @@ LARGE_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)  # slices along the organ's extent (
 CONFIRM_QUANTILES = (0.2, 0.4, 0.6, 0.8)
 
 
-def organ_clicks(model, confirm=False):
+# Set C (RESULTS_clicks.md §10: drawn after the pick gate was chosen on the 120, A and B, to confirm it): other slices
+# of the same organs, and the large muscles and lumbar vertebrae of the two abdomens, deepest pixel of each slice.
+SET_C_QUANTILES = (0.15, 0.35, 0.55, 0.75, 0.95)
+SET_C_MORE = {"example_ct": ("iliopsoas_left", "iliopsoas_right", "autochthon_left", "autochthon_right",
+                             "vertebrae_L1", "vertebrae_L3", "vertebrae_L5"),
+              "mr_abdomen": ("iliopsoas_left", "iliopsoas_right", "autochthon_left", "autochthon_right", "vertebrae")}
+
+
+def organ_clicks(model, confirm=False, set_c=False):
     """More clicks on the large training organs than `prompt_slices`' one: on five slices along each organ (its
     deepest pixel), and on its largest slice two pixels at half its deepest depth (the one nearest the centroid and
     the one farthest from it): an annotator does not always click the organ's middle. `confirm`: the second set
     (CONFIRM_QUANTILES, and on the slices at 40 % and 60 % the pixel at a third of the deepest depth farthest from
-    the centroid). Same tuple as `prompt_slices`, the structure named "NAME@zK" or "NAME@half-near" / "NAME@half-far"
+    the centroid). `set_c`: set C (SET_C_QUANTILES' slices, deepest pixel, of the organs and of SET_C_MORE's muscles
+    and vertebrae). Same tuple as `prompt_slices`, the structure named "NAME@zK" or "NAME@half-near" / "NAME@half-far"
     / "NAME@third-0.4-far". Training folders only."""
     from scipy import ndimage
 
@@ -115,14 +124,17 @@ def organ_clicks(model, confirm=False):
 
     for name, c, session, pred, pixel_mm in case_sessions(model, lambda name: name in LARGE):
         for value, sname in c.structures.items():
-            if sname not in LARGE[name]:
+            if sname not in LARGE[name] + (SET_C_MORE.get(name, ()) if set_c else ()):
                 continue
             truth = c.labels == value
             areas = truth.sum(axis=(1, 2))
+            if areas.max() == 0:
+                continue
             big = np.flatnonzero(areas >= 0.3 * areas.max())
             at = lambda q: int(big[int(round(q * (len(big) - 1)))])
-            clicks = [(at(q), None) for q in (CONFIRM_QUANTILES if confirm else LARGE_QUANTILES)]
-            for k0, share, tag in ([(at(0.4), 3, "third-0.4"), (at(0.6), 3, "third-0.6")] if confirm else
+            clicks = [(at(q), None) for q in (SET_C_QUANTILES if set_c else CONFIRM_QUANTILES if confirm else LARGE_QUANTILES)]
+            clicks = list(dict.fromkeys(clicks)) if set_c else clicks  # a short structure's quantiles can share a slice
+            for k0, share, tag in ([] if set_c else [(at(0.4), 3, "third-0.4"), (at(0.6), 3, "third-0.6")] if confirm else
                                    [(int(areas.argmax()), 2, "half")]):
                 depth = ndimage.distance_transform_cdt(np.pad(truth[k0], 1), metric="taxicab")[1:-1, 1:-1]
                 ys, xs = np.nonzero(depth == max(1, depth.max() // share))
