@@ -15,10 +15,7 @@ So a click becomes a search over boxes centred on it:
      edge) than the pick replaces it. On small structures the band of step 3 is wider than the structure
      (a 7 mm disc around a nodule is mostly lung), so step 3 alone took a lung nodule's click to a
      58,000-voxel region; a larger pick whose outline is weaker has leaked past the structure's edge;
-  5. where the pick looks leaked (its inside holds no edge much sharper than its outline), a smaller candidate
-     nested in it and cut from it by an intensity change replaces it when a small pairwise logistic model says it
-     beats it (ribs, iliopsoas, adrenal glands inside a leaked region); never a patch of a homogeneous organ;
-  6. the chosen candidate's bounding box, grown by the propagation's margin, is decoded once more (the
+  5. the chosen candidate's bounding box, grown by the propagation's margin, is decoded once more (the
      squares are centred on the click, the structure seldom is).
 
 Chosen on the training volumes only (one click at the deepest point of the largest slice of 120 structures of
@@ -57,43 +54,6 @@ CONTAINED_MAX = 0.5  # share of its outline within 2 pixels of its box's border 
 STABLE_MIN = 0.85  # Dice between its mask and the next larger box's mask
 IOU_MIN = 0.6  # the decoder's IoU estimate
 EDGE_GAIN = 1.25  # mean intensity gradient along its outline, over that along the pick's outline
-# Step 5 (benchmarks/RESULTS_clicks.md §8-§10). Features of a candidate (`ClickSearch._features`), then REPLACE_WEIGHTS' last four: the first four's
-# differences candidate - choice. Fitted by benchmarks/bench_clicks_guard.py --weights "ring in choice >= 0.75, sub-blob < 0.7" (logistic regression, L2 0.01,
-# label "its click / box beats the choice's by > 0.05") on the candidates smaller than step 4's choice that pass the
-# guard below, of the 120 structures of the six training folders (bench_clicks_dump.py), in raw units
-# (standardisation folded in). Prompt slice, 2D Dice, click / box capped at 2 (benchmarks/RESULTS_clicks.md §9):
-# steps 3-4 alone 0.937 and 32 structures below 0.7 x box; with this step 0.969 and 30 in-sample; fitted on five
-# folders and measured on the sixth, for each, 0.971 and 30. Session 8's step 5 (the same model, no guard; 9e34781)
-# held out 0.963 / 30, but on 77 more training clicks on the large organs (five slices along each and two
-# off-centre clicks; liver, spleen, kidneys, stomach of example_ct and mr_abdomen, ct_liver_lits' liver) it lost
-# > 0.02 Dice on 5 (ct_liver_lits' liver 0.780 -> 0.013: a candidate 0.6 % of the liver's area, decoder IoU 0.44,
-# inside the liver with the liver's intensities all around it); with the guard on none.
-REPLACE_FEATURES = ("log decoder IoU", "log step-3 fit", "log area mm2", "log edge / sharpest edge of the ladder",
-                    "share of outline on the box border", "Dice with the next square's part", "compactness 4 pi A / P^2",
-                    "click to centroid / equivalent radius")
-REPLACE_WEIGHTS = np.array([-0.500832, -0.0667439, 0.220876, 0.674889, -0.246711, 0.234516, -2.335, -0.492588,
-                            1.16077, 1.13087, -1.05368, 0.514458])
-REPLACE_BIAS = -0.624307
-REPLACE_MIN = 0.5  # the probability a smaller candidate needs to replace the choice
-EPS = 1e-3  # inside the logs of the features
-# The guard of step 5, on the ring of RING_MM just outside the smaller candidate: at least NESTED_MIN of it inside the
-# choice's mask (the candidate is a part of the choice, not another structure beside it), and under SUB_BLOB_MAX of it
-# inside the choice AND in the click's intensity band (a ring of the same tissue all round: a patch of a homogeneous
-# organ, not a structure of its own). Chosen on the training folders (bench_clicks_guard.py, §9): of 3 x 3 settings
-# (0.5 / 0.75 / 0.9, 0.6 / 0.7 / 0.8) this is the one with no large-organ click worse than steps 3-4; the others
-# lost 1-5 of the 77 (the guard alone, sub-blob < 0.7: 0.972 / 30 held out, one liver click 0.547 -> 0.320).
-NESTED_MIN = 0.75
-SUB_BLOB_MAX = 0.7
-# ... and only where the choice looks leaked past the structure: the 90th percentile of the intensity gradient inside it
-# (its mask eroded by the ring's width) at most LEAK_INNER_EDGE_MAX x the mean gradient along its outline. Chosen on
-# the training folders (benchmarks/bench_clicks_pickfeat.py, RESULTS_clicks.md §10): of 216 pick gates searched on the
-# 120 structures and 143 large-organ clicks (sets A, B) the one whose threshold, chosen leave-one-folder-out, lost no
-# large-organ click (B's two spleens 0.442 -> 0.077 and 0.488 -> 0.222 under the guard alone; their choices 1.73, 1.74);
-# the cut lies between 1.649 (example_ct adrenal_gland_right, a gain) and 1.698 (a set-B kidney, a gain); it also
-# gives up gains (example_ct iliopsoas_right, 1.785). Confirmed on set C (114 clicks drawn after it was fixed).
-LEAK_INNER_EDGE_MAX = 1.673
-
-
 
 Click = Tuple[float, float, bool]  # (x, y, include) in slice pixels
 
@@ -113,7 +73,6 @@ class ClickSearch:
         self.rows, self.cols = predictor.stack.shape[1:]
         self.disc_px = max(1.5, BAND_DISC_MM / pixel_mm)
         self.ring_px = max(1, int(round(RING_MM / pixel_mm)))
-        self.pixel_mm = pixel_mm  # step 5's area feature is in mm2
         self.margin = slice_pixels(predictor.geometry, BOX_MARGIN_MODEL_PX)
         self.decodes = 0  # decoder calls of the last search (for tests and the benchmark)
 
@@ -143,57 +102,9 @@ class ClickSearch:
 
     # -- parts ---------------------------------------------------------------
     def _choose(self, candidates, scores: List[float], image: np.ndarray, in_band: np.ndarray, click) -> int:
-        """The candidate the search returns: steps 3-4's choice, then step 5 (a smaller candidate nested in it and cut
-        from it by an intensity change, which a pairwise model prefers), only where the choice looks leaked."""
-        pick = self._smallest_plausible(candidates, scores, image)
-        gradient = np.hypot(ndimage.sobel(image, 0), ndimage.sobel(image, 1))
-        if not self._looks_leaked(candidates[pick][2], gradient):
-            return pick
-        allowed = [self._nested_apart(c[2], candidates[pick][2], in_band) if c is not None and i < pick else False
-                   for i, c in enumerate(candidates)]
-        return self._replacement(self._features(candidates, in_band, gradient, click), pick, allowed)
-
-    def _looks_leaked(self, part: np.ndarray, gradient: np.ndarray) -> bool:
-        """Step 5's gate: the mask's inside holds no edge much sharper than its outline (LEAK_INNER_EDGE_MAX)."""
-        inner = ndimage.binary_erosion(part, iterations=self.ring_px)
-        if not inner.any():  # too thin to have an inside: nothing inside contradicts it
-            return True
-        return float(np.percentile(gradient[inner], 90)) <= LEAK_INNER_EDGE_MAX * max(_edge(part, gradient), 1e-9)
-
-    def _features(self, candidates, in_band: np.ndarray, gradient: np.ndarray, click) -> np.ndarray:
-        """Step 5's features of each candidate, in REPLACE_FEATURES' order (a row of NaN where it missed a click)."""
-        edges = [None if c is None else _edge(c[2], gradient) for c in candidates]
-        sharpest = max(max(e for e in edges if e is not None), 1e-12)  # a flat slice has no edge
-        features = np.full((len(candidates), len(REPLACE_FEATURES)), np.nan)
-        for i, c in enumerate(candidates):
-            if c is None:
-                continue
-            box, pred, part = c
-            after = candidates[i + 1] if i + 1 < len(candidates) else None
-            area = float(part.sum())
-            cy, cx = ndimage.center_of_mass(part)
-            outline = int((part & ~ndimage.binary_erosion(part)).sum())
-            features[i] = [np.log(pred.iou + EPS), np.log(self._fit(part, in_band) + EPS), np.log(area * self.pixel_mm ** 2),
-                           np.log(edges[i] / sharpest + EPS), _on_border(part, box), 0.0 if after is None else dice(part, after[2]),
-                           4 * np.pi * area / max(outline, 1) ** 2, np.hypot(cx - click[0], cy - click[1]) / np.sqrt(area / np.pi)]
-        return features
-
-    def _nested_apart(self, part: np.ndarray, choice: np.ndarray, in_band: np.ndarray) -> bool:
-        """Step 5's guard: `part` lies inside `choice` and is cut from the rest of it by an intensity change."""
-        ring = ndimage.binary_dilation(part, iterations=self.ring_px) & ~part
-        n = max(int(ring.sum()), 1)
-        inside = ring & choice
-        return inside.sum() / n >= NESTED_MIN and (inside & in_band).sum() / n < SUB_BLOB_MAX
-
-    def _replacement(self, features: np.ndarray, pick: int, allowed: Sequence[bool]) -> int:
-        """Step 5: the allowed smaller candidate most likely to beat the choice `pick`, where that probability > REPLACE_MIN."""
-        best, top = pick, REPLACE_MIN
-        for j in range(pick):
-            if not np.isnan(features[j, 0]) and allowed[j]:
-                p = replace_probability(features, j, pick)
-                best, top = (j, p) if p > top else (best, top)
-        return best
-
+        """The candidate the search returns (steps 3-4); a benchmark variant overrides this one method
+        (benchmarks/clicks_step5_guarded.py)."""
+        return self._smallest_plausible(candidates, scores, image)
 
     def _smallest_plausible(self, candidates, scores: List[float], image: np.ndarray) -> int:
         """Step 4: the first candidate smaller than the pick (the best score) that is contained, stable, confident and sharper-edged."""
@@ -325,12 +236,3 @@ def edit_mask(mask: np.ndarray, clicks: Sequence[Click], search: "ClickSearch", 
             if found[y, x]:  # the search's part holding the click (it refuses parts that miss it)
                 out |= labels == labels[y, x]
     return out
-
-
-def pair_features(features: np.ndarray, j: int, pick: int) -> np.ndarray:
-    """Step 5's input for candidate j against the choice: its features, then the first four's differences."""
-    return np.r_[features[j], features[j, :4] - features[pick, :4]]
-
-
-def replace_probability(features: np.ndarray, j: int, pick: int) -> float:
-    return float(1.0 / (1.0 + np.exp(-(pair_features(features, j, pick) @ REPLACE_WEIGHTS + REPLACE_BIAS))))

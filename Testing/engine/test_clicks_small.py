@@ -1,4 +1,4 @@
-"""One click on a small structure with the embedded box-only model (SlideSAMLib/clicks.py, steps 4-5), on real scans.
+"""One click on a small structure with the embedded box-only model (SlideSAMLib/clicks.py, step 4), on real scans.
 
 The click is where `slidesam eval` puts it: the deepest interior pixel of the structure's largest slice.
 """
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from SlideSAMLib.training.prompts import deepest_point
-from testdata import DATA, MR, MR_LABELS, ORGANS, dice
+from testdata import DATA, ORGANS, dice
 
 
 def _case(image, label):
@@ -104,34 +104,4 @@ def test_one_click_on_a_liver_slice_keeps_the_liver_not_a_patch_of_it(lits):
     box = (pred.predict(k, box=tight_box(label[k])).logits[1] > 0).numpy()
     click = (ClickSearch(pred, pixel_mm=float(np.mean(session.spacing[:2]))).predict(k, [(x, y, True)]).logits[1] > 0).numpy()
     assert click[y, x] and click.sum() >= 0.5 * label[k].sum(), int(click.sum())
-    assert dice(click, label[k]) >= 0.7 * dice(box, label[k]), (dice(click, label[k]), dice(box, label[k]))
-
-
-@pytest.fixture(scope="module")
-def mr(model):
-    from SlideSAMLib import Session, array_of, read_image
-
-    img = read_image(MR)
-    labels = np.round(array_of(read_image(MR_LABELS))).astype(int)
-    return Session(model, array_of(img), spacing=img.GetSpacing()), labels
-
-
-def test_one_click_on_the_mr_iliopsoas_keeps_the_muscle_not_the_region(mr):
-    """mr_abdomen's iliopsoas_right (label 49, training), 35 pixels on its largest slice, one click on its deepest
-    pixel. Steps 3-4 choose a 19,400 mm2 region (Dice 0.034 on the slice; one tight box 0.78): a leaked choice. Step 5
-    replaces it by a 17-times-smaller candidate nested in it and cut from it by an intensity change, because the
-    choice passes step 5's gate (its inside holds no edge sharper than 1.673 x its outline: 1.46): measured 0.740
-    offline from the dump (benchmarks/RESULTS_clicks.md §10). Issue 12's target on the prompt slice: >= 0.7 x one
-    tight box, and at most 3 x the muscle's pixels."""
-    from SlideSAMLib.clicks import ClickSearch
-    from SlideSAMLib.training.prompts import tight_box
-
-    session, labels = mr
-    label = labels == 49
-    k = int(label.sum(axis=(1, 2)).argmax())
-    x, y = deepest_point(label[k])
-    pred = session.predictor(2)
-    box = (pred.predict(k, box=tight_box(label[k])).logits[1] > 0).numpy()
-    click = (ClickSearch(pred, pixel_mm=float(np.mean(session.spacing[:2]))).predict(k, [(x, y, True)]).logits[1] > 0).numpy()
-    assert click[y, x] and click.sum() <= 3 * label[k].sum(), int(click.sum())
     assert dice(click, label[k]) >= 0.7 * dice(box, label[k]), (dice(click, label[k]), dice(box, label[k]))
