@@ -51,17 +51,20 @@ class Session:
         stop_rule: Optional[StopRule] = None,
         spacing: Optional[Sequence[float]] = None,
     ):
-        """`spacing`: voxel size in mm along (i, j, k), as ITK and Slicer give it: the box margin, the outline's
-        step and the stop rule's tail are lengths in mm. Not given: 1 mm is assumed, and a warning says so."""
+        """`spacing` (required): voxel size in mm along (i, j, k), as ITK and Slicer give it: the box margin, the
+        outline's step and the stop rule's tail are lengths in mm, so a missing spacing is refused, never assumed
+        (as the server's upload and the CLI do)."""
         volume = np.asarray(volume)
         if volume.ndim != 3:
             raise InputError(f"the volume is {volume.ndim}D (shape {volume.shape}): SlideSAM needs a 3D volume")
         if min(volume.shape) < 1:
             raise InputError(f"the volume is empty (shape {volume.shape})")
-        self.spacing_assumed = spacing is None
         if spacing is None:
-            log.warning("SlideSAM: no voxel spacing given, 1 mm assumed along i, j and k (pass the image's spacing)")
-        self.spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(v) for v in spacing)
+            raise InputError("no voxel spacing given: pass spacing=(si, sj, sk) in mm, e.g. image.GetSpacing(); SlideSAM measures lengths in mm and assumes none")
+        try:
+            self.spacing = tuple(float(v) for v in spacing)
+        except (TypeError, ValueError):
+            raise InputError(f"voxel spacing {spacing!r} is not three positive sizes in mm along (i, j, k)") from None
         if len(self.spacing) != 3 or not all(np.isfinite(self.spacing)) or min(self.spacing) <= 0:
             raise InputError(f"voxel spacing {spacing} is not three positive sizes in mm along (i, j, k)")
         self.model = model

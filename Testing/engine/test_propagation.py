@@ -151,16 +151,16 @@ def test_bad_spacing_is_refused_in_one_line(model, ct_labels, spacing):
     assert "\n" not in str(err.value)
 
 
-def test_unknown_spacing_is_said_in_one_line(model, ct_labels, caplog):
-    """Lengths are in mm (margin, step, tail): a session without the voxel size says that it assumes 1 mm."""
+def test_missing_spacing_is_refused_in_one_line(model, ct_labels):
+    """Lengths are in mm (margin, step, tail): a session without the voxel size is refused, as the server's upload is."""
     from SlideSAMLib import Session
 
-    with caplog.at_level("WARNING", logger="slidesam"):
-        assumed = Session(model, ct_labels)
-        given = Session(model, ct_labels, spacing=(3.0, 3.0, 3.0))
-    lines = [r.getMessage() for r in caplog.records if "spacing" in r.getMessage()]
-    assert len(lines) == 1 and "1 mm assumed" in lines[0] and "\n" not in lines[0]
-    assert assumed.spacing_assumed and assumed.spacing == (1.0, 1.0, 1.0) and not given.spacing_assumed
+    with pytest.raises(InputError, match="no voxel spacing") as err:
+        Session(model, ct_labels)
+    assert "\n" not in str(err.value) and "GetSpacing" in str(err.value)
+    with pytest.raises(InputError, match="not three positive sizes"):
+        Session(model, ct_labels, spacing="3 mm")
+    assert Session(model, ct_labels, spacing=(3.0, 3.0, 3.0)).spacing == (3.0, 3.0, 3.0)
 
 
 def test_bad_largest_area_is_refused_before_any_work(ct_session, ct_labels):
