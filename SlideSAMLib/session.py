@@ -63,10 +63,11 @@ class Session:
             raise InputError("no voxel spacing given: pass spacing=(si, sj, sk) in mm, e.g. image.GetSpacing(); SlideSAM measures lengths in mm and assumes none")
         try:
             self.spacing = tuple(float(v) for v in spacing)
-        except (TypeError, ValueError):
-            raise InputError(f"voxel spacing {spacing!r} is not three positive sizes in mm along (i, j, k)") from None
-        if len(self.spacing) != 3 or not all(np.isfinite(self.spacing)) or min(self.spacing) <= 0:
-            raise InputError(f"voxel spacing {spacing} is not three positive sizes in mm along (i, j, k)")
+            usable = len(self.spacing) == 3 and all(np.isfinite(self.spacing)) and min(self.spacing) > 0
+        except (TypeError, ValueError):  # not numbers ("3 mm") or not a sequence
+            usable = False
+        if not usable:
+            raise InputError(f"voxel spacing {spacing!r} is not three positive sizes in mm along (i, j, k)")
         self.model = model
         self.volume = volume
         self.shape_ijk = tuple(reversed(volume.shape))  # (ni, nj, nk)
