@@ -37,6 +37,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pool", type=int, default=320, help="neighbours: training examples (window, structure, jittered box) drawn once; steps draw batches from them")
     p.add_argument("--focal-weight", type=float, default=None, help="neighbours: weight of the focal term beside the Dice term (default: see neighbours.py)")
     p.add_argument("--focal-alpha", type=float, default=None, help="neighbours: the focal term's weight of foreground pixels (background: 1 - alpha)")
+    p.add_argument("--anchor-weight", type=float, default=None, help="neighbours: weight of the term that keeps the k-1 / k+1 branches "
+                   "near the untuned (centre) branch's output, 0 = off (default; see neighbours.py)")
     p.add_argument("--val-every", type=int, default=0, help="neighbours: steps between held-out (--val-pair) validations, recorded in the manifest")
     p.add_argument("--embed-only", action="store_true", help="neighbours: compute the cached embeddings of the training windows, then stop")
     p.add_argument("--point-fraction", type=float, default=0.5, help="share of windows prompted by clicks only (0 = boxes only)")
@@ -81,12 +83,12 @@ def command_line(args) -> str:
     for option in ("pair", "pair2d", "val_pair"):
         for item in getattr(args, option):
             parts += [f"--{option.replace('_', '-')}", *item]
-    defaults = {"structures": None, "base": None, "device": None, "max_minutes": None, "max_windows": None, "focal_weight": None, "focal_alpha": None}
-    for name in ("structures", "base", "max_windows", "pool", "focal_weight", "focal_alpha", "val_every", "steps", "batch_size", "lr", "rank", "alpha", "decoder", "point_fraction", "seed", "device", "max_minutes", "save_every"):
+    defaults = {"structures": None, "base": None, "device": None, "max_minutes": None, "max_windows": None, "focal_weight": None, "focal_alpha": None, "anchor_weight": None}
+    for name in ("structures", "base", "max_windows", "pool", "focal_weight", "focal_alpha", "anchor_weight", "val_every", "steps", "batch_size", "lr", "rank", "alpha", "decoder", "point_fraction", "seed", "device", "max_minutes", "save_every"):
         value = getattr(args, name)
         if args.decoder == "neighbours" and name in ("rank", "alpha", "point_fraction", "save_every"):
             continue  # not used by the neighbour heads (no LoRA, boxes only, one save at the end)
-        if args.decoder != "neighbours" and name in ("max_windows", "pool", "focal_weight", "focal_alpha", "val_every"):
+        if args.decoder != "neighbours" and name in ("max_windows", "pool", "focal_weight", "focal_alpha", "anchor_weight", "val_every"):
             continue
         if value is not None or name not in defaults:
             parts += [f"--{name.replace('_', '-')}", str(value)]

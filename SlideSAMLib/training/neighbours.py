@@ -14,6 +14,12 @@ neighbour target (past a structure's end) asks for an empty mask.  The default i
 alpha 0.5): Slide-SAM's 20 x focal with alpha 0.2 (foreground pixels weighted 0.2, background 0.8) taught the
 outer branches to shrink — session 5's adapter made the MR spine's neighbour masks 0.42x their true area (median)
 and its propagation there fell 0.395 -> 0.137 (benchmarks/TRAINING.md, session 6).
+
+Anchor (`anchor_weight` W, 0 = off): W x the per-pixel Bernoulli KL divergence from the frozen centre branch's
+probabilities to each outer branch's, on the same cached crop and hypernetwork vector. The centre branch *is* the
+untuned copy the outer ones start from, so the term and its gradient are exactly 0 at init; it keeps the heads near
+what the untuned model predicts where the labels do not pull them (session 6's heads drifted where the held-out MR
+spine did not follow). Session 10 ran W = 2 once (benchmarks/TRAINING.md).
 """
 import csv
 import time
@@ -60,6 +66,7 @@ class NeighbourConfig:
     val_windows: int = 32
     focal_weight: float = 1.0  # beside the Dice term (see the module docstring)
     focal_alpha: float = 0.5  # weight of foreground pixels in the focal term (background: 1 - alpha)
+    anchor_weight: float = 0.0  # W of the anchor term (see the module docstring); 0: Dice + focal only
     val_every: int = 0  # steps between held-out validations (0: before and after only)
     pool: int = 320  # training examples whose frozen decoder features are computed once (see NeighbourTrainer.build_pool)
     max_windows: Optional[int] = None  # per volume (see NeighbourSampler)
@@ -67,6 +74,17 @@ class NeighbourConfig:
     command: str = ""
     data: List[dict] = field(default_factory=list)
     val_data: List[dict] = field(default_factory=list)
+
+
+def anchor_term(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Per-example mean over pixels of KL(Bernoulli(sigmoid(teacher)) || Bernoulli(sigmoid(logits))) [B]: logits
+    [B, S, H, W], teacher [B, H, W] or [B, S, H, W]; 0 where the two agree, gradient 0 there too."""
+    if teacher_logits.dim() == logits.dim() - 1:
+        teacher_logits = teacher_logits[:, None].expand_as(logits)
+    t = torch.sigmoid(teacher_logits.float())
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), t, reduction="none")
+    entropy = torch.nn.functional.binary_cross_entropy_with_logits(teacher_logits.float(), t, reduction="none")
+    return (bce - entropy).flatten(1).mean(dim=1)
 
 
 def neighbour_terms(logits: torch.Tensor, target: torch.Tensor, alpha: float) -> Dict[str, torch.Tensor]:
@@ -128,6 +146,8 @@ class NeighbourTrainer:
     def __init__(self, model, volumes: Sequence, cfg: NeighbourConfig, val_volumes: Sequence = (), store: Optional[EmbeddingStore] = None):
         if cfg.steps < 1 or cfg.batch_size < 1:
             raise InputError("--steps and --batch-size must be at least 1")
+        if not cfg.anchor_weight >= 0:
+            raise InputError(f"--anchor-weight {cfg.anchor_weight}: give 0 (off) or a positive weight")
         if model.kind == "adapter":
             raise InputError("the base model is itself an adapter folder: train from its base checkpoint (or 'embedded')")
         self.model, self.cfg = model, cfg
@@ -208,6 +228,11 @@ class NeighbourTrainer:
         dec = self.net.mask_decoder
         return torch.stack([torch.einsum("bc,bchw->bhw", hyper, branch(src)) for branch in (dec.output_upscaling, dec.output_upscaling3)], dim=1)
 
+    @torch.no_grad()
+    def centre_logits(self, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """Low-res logits [B, 256, 256] of the frozen centre branch: the untuned copy the outer branches start from."""
+        return torch.einsum("bc,bchw->bhw", hyper, self.net.mask_decoder.output_upscaling2(src))
+
     def build_pool(self, log=None) -> None:
         """Draw `pool` training examples once and keep, for each, its frozen features cropped to the prompt box
         grown by CROP_MARGIN cells of the 64x64 grid (float16), the hypernetwork vector and the neighbour targets.
@@ -230,20 +255,28 @@ class NeighbourTrainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr_at(self.step, self.cfg)
         picks = rng.choice(len(self.pool), min(self.cfg.batch_size, len(self.pool)), replace=False)
-        focal, dice = [], []
+        focal, dice, anchor = [], [], []
         for i in picks:  # crops differ in size: one example at a time
             src, hyper, target = self.pool[int(i)]
-            terms = neighbour_terms(self.outer_logits(src[None].float(), hyper[None]), target[None], self.cfg.focal_alpha)
+            src = src[None].float()
+            logits = self.outer_logits(src, hyper[None])
+            terms = neighbour_terms(logits, target[None], self.cfg.focal_alpha)
             focal.append(terms["focal"])
             dice.append(terms["dice"])
+            if self.cfg.anchor_weight:
+                anchor.append(anchor_term(logits, self.centre_logits(src, hyper[None])))
         focal, dice = torch.cat(focal), torch.cat(dice)
+        anchor = torch.cat(anchor) if anchor else torch.zeros_like(dice)
         loss = (self.cfg.focal_weight * focal + dice).mean()
+        if self.cfg.anchor_weight:
+            loss = loss + self.cfg.anchor_weight * anchor.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
         self.step += 1
-        return {"loss": float(loss.detach()), "focal": float(focal.detach().mean()), "dice_loss": float(dice.detach().mean()), "lr": self.optimizer.param_groups[0]["lr"]}
+        return {"loss": float(loss.detach()), "focal": float(focal.detach().mean()), "dice_loss": float(dice.detach().mean()),
+                "anchor": float(anchor.detach().mean()), "lr": self.optimizer.param_groups[0]["lr"]}
 
     def run(self, log=print) -> Dict[str, object]:
         """Train; returns the figures (validation before / after, seconds). Writes loss.csv as it goes."""
@@ -258,7 +291,7 @@ class NeighbourTrainer:
         t0, cpu0 = time.perf_counter(), time.process_time()
         self.build_pool(log)
         figures["pool_seconds"] = round(time.perf_counter() - t0, 1)
-        fields = ["step", "loss", "focal", "dice_loss", "lr", "seconds"]
+        fields = ["step", "loss", "focal", "dice_loss", "anchor", "lr", "seconds"]
         with open(out / LOSS_FILE, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
@@ -310,6 +343,7 @@ def save_neighbour_adapter(trainer: NeighbourTrainer, figures: Dict[str, object]
         "decoder_mode": "neighbours", "point_trained": False, "trained_neighbours": True,
         "training": {"command": cfg.command, "data": cfg.data, "validation_data": cfg.val_data, "structures": len(trainer.sampler.items),
                      "windows": trainer.sampler.n_windows(), "steps": trainer.step, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                     "focal_weight": cfg.focal_weight, "focal_alpha": cfg.focal_alpha, "anchor_weight": cfg.anchor_weight,
                      "seed": cfg.seed, "device": str(trainer.model.device), "seconds": seconds, "figures": figures},
         "slidesam_version": __version__,
     }

@@ -28,7 +28,7 @@ def run_neighbours(args) -> int:
     volumes, data = load_volumes(args, (("--pair", False),))
     val_volumes, val_data = load_volumes(args, (("--val-pair", False),)) if args.val_pair else ([], [])
     model = load_model(args.base, device=args.device)  # the engine's encoder backend (ONNX Runtime on CPU when installed)
-    loss = {k: v for k in ("focal_weight", "focal_alpha") if (v := getattr(args, k)) is not None}
+    loss = {k: v for k in ("focal_weight", "focal_alpha", "anchor_weight") if (v := getattr(args, k)) is not None}
     cfg = NeighbourConfig(**loss, val_every=args.val_every, out=str(out), steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                           max_minutes=args.max_minutes, max_windows=args.max_windows, pool=args.pool, progress=not args.quiet, command=command_line(args), data=data, val_data=val_data)
     trainer = NeighbourTrainer(model, volumes, cfg, val_volumes, EmbeddingStore(model))

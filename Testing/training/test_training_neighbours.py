@@ -15,8 +15,8 @@ from SlideSAMLib import load_model
 from SlideSAMLib.cli import main
 from SlideSAMLib.training.dataset import load_pair, select_structures
 from SlideSAMLib.training.embeddings import EmbeddingStore
-from SlideSAMLib.training.neighbours import (CENTRE_BRANCH, NEIGHBOUR_BRANCHES, NeighbourConfig, NeighbourTrainer, crop_cells, neighbour_terms,
-                                             save_neighbour_adapter)
+from SlideSAMLib.training.neighbours import (CENTRE_BRANCH, NEIGHBOUR_BRANCHES, NeighbourConfig, NeighbourTrainer, anchor_term, crop_cells,
+                                             neighbour_terms, save_neighbour_adapter)
 
 
 def _neighbour_terms(trainer, logits, target):
@@ -27,16 +27,15 @@ def _neighbour_terms(trainer, logits, target):
     return {"loss": float((trainer.cfg.focal_weight * terms["focal"] + terms["dice"]).mean()), "dice_loss": float(terms["dice"].mean()), "hard_dice": float(hard)}
 
 
-@pytest.fixture(scope="module")
-def trained(data_dir, tmp_path_factory):
+def _train(data_dir, out, anchor_weight=0.0):
     """A fresh model (training changes it in place), 40 steps on the kidneys of the MR abdomen, and a fixed batch."""
     d = data_dir / "mr_abdomen"
     volume = load_pair(d / "example_mr_sm.nii.gz", d / "example_seg_mr.nii.gz", d / "labels_total_mr.json")
     select_structures([volume], ["kidney_right", "kidney_left"])
     model = load_model(device="cpu")
     base = {n: p.detach().clone() for n, p in model.net.named_parameters()}
-    out = tmp_path_factory.mktemp("neighbours")
-    cfg = NeighbourConfig(out=str(out), steps=40, batch_size=4, lr=1e-3, warmup=2, pool=24, val_windows=8, progress=False)
+    cfg = NeighbourConfig(out=str(out), steps=40, batch_size=4, lr=1e-3, warmup=2, pool=24, val_windows=8, progress=False,
+                          anchor_weight=anchor_weight)
     trainer = NeighbourTrainer(model, [volume], cfg, store=EmbeddingStore(model))
     trainer.sampler.embed()
     batch = trainer.batch(np.random.default_rng(7), 6)
@@ -48,6 +47,11 @@ def trained(data_dir, tmp_path_factory):
     with torch.no_grad():
         after = trainer.forward(batch[0], batch[2])
     return trainer, base, batch, before, after, out
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    return _train(data_dir, tmp_path_factory.mktemp("neighbours"))
 
 
 def test_centre_slice_output_is_unchanged_exactly(trained):
@@ -174,3 +178,41 @@ def test_neighbour_terms_are_per_example_dice_on_probabilities():
     assert terms["dice"][1] > 0.95  # a missed structure costs the whole Dice term, whatever its size
     cfg = NeighbourConfig(out="unused")
     assert cfg.focal_weight == 1.0 and cfg.focal_alpha == 0.5
+
+
+def test_anchor_term_is_zero_at_the_untuned_copy_and_grows_away_from_it():
+    """The anchor (KL from the frozen centre branch's probabilities): 0 with a 0 gradient where the outer heads still
+    predict what the centre branch predicts (their init), positive once they differ."""
+    teacher = torch.randn(2, 8, 8) * 3
+    logits = teacher[:, None].repeat(1, 2, 1, 1).requires_grad_(True)
+    a = anchor_term(logits, teacher)
+    assert a.shape == (2,) and float(a.detach().abs().max()) < 1e-6
+    a.sum().backward()
+    assert float(logits.grad.abs().max()) < 1e-6
+    assert (anchor_term(logits.detach() + 2.0, teacher) > 0.01).all()
+
+
+def test_anchor_weight_zero_is_the_old_loss(trained):
+    """--anchor-weight 0 (the default) leaves the loss Dice + focal_weight x focal, exactly."""
+    trainer = trained[0]
+    rng_seed = [99, 0]
+    picks = np.random.default_rng(rng_seed).choice(len(trainer.pool), trainer.cfg.batch_size, replace=False)
+    with torch.no_grad():
+        terms = [neighbour_terms(trainer.outer_logits(src[None].float(), hyper[None]), target[None], trainer.cfg.focal_alpha)
+                 for src, hyper, target in (trainer.pool[int(i)] for i in picks)]
+        expected = float(torch.cat([trainer.cfg.focal_weight * t["focal"] + t["dice"] for t in terms]).mean())
+    row = trainer.train_step(np.random.default_rng(rng_seed))
+    assert row["anchor"] == 0.0 and row["loss"] == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+
+def test_a_large_anchor_weight_keeps_the_heads_near_the_untuned_copy(trained, data_dir, tmp_path):
+    """The same 40 steps on the same pool with W = 50: the outer heads' logits on a fixed batch move far less than
+    without the anchor, and the centre slice's output is still unchanged exactly."""
+    _, _, _, before, after, _ = trained
+    anchored = _train(data_dir, tmp_path / "anchored", anchor_weight=50.0)
+    a_before, a_after = anchored[3], anchored[4]
+    assert torch.equal(a_before, before)  # the same fresh model and batch
+    assert torch.equal(a_after[:, 1], a_before[:, 1])
+    free = float((after[:, [0, 2]] - before[:, [0, 2]]).abs().mean())
+    held = float((a_after[:, [0, 2]] - a_before[:, [0, 2]]).abs().mean())
+    assert free > 0.1 and held < 0.5 * free
