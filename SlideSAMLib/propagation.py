@@ -66,6 +66,19 @@ BOX_MARGIN_MODEL_PX = 5.0
 # The sweep: 4 px lowered the mean one-box Dice of 75 training structures 0.430 -> 0.412 (example_ct aorta 0.840 ->
 # 0.182, mr_abdomen aorta 0.773 -> 0.085: their masks leak, the growth rule then ends the chains early); 2 px kept.
 STEP_MODEL_PX = 2.0
+# A second, tighter box per window (None: off): each window is also decoded from the neighbour mask's box grown by
+# this many model pixels, and the candidate MARGIN_CHOICE prefers is kept ("iou": the decoder's predicted IoU;
+# "overlap": Dice of the constrained centre mask with the prompt mask; "stability": SAM's stability score).
+# Under evaluation on the training folders (benchmarks/RESULTS_rules.md, "Session 11"); off by default.
+ALT_BOX_MARGIN_MODEL_PX = None
+MARGIN_CHOICE = "iou"
+MARGIN_CHOICES = ("iou", "overlap", "stability")
+# Masks too small for the growth and overlap rules, in model-input pixels² (0: off). A tight box on a structure a few
+# model pixels across makes the decoder return a speck (mr_abdomen's left adrenal gland: 1 pixel for a 13-pixel
+# reference on its largest slice); the next window's correct 9-pixel mask is then a "growth" of 9x and a Dice of 0.2
+# with its prompt, and both sides end there. With a floor F, growth is measured against at least F and the overlap
+# rule is not applied to a prompt mask smaller than F. Under evaluation (RESULTS_rules.md, "Session 11"); off by default.
+SMALL_MASK_MODEL_PX2 = 0.0
 
 
 def _threshold(value, evidence: str):
@@ -293,17 +306,20 @@ def score_slice(
     intensity: IntensityModel,
     previous_area: int,
     tail_mm: float,
+    small_area: float = 0.0,
 ) -> SliceInfo:
     """What the stop rule looks at for one window: its raw centre mask `raw`, that mask constrained (`centre`),
-    the prompt mask it was given, the slice image, the previous accepted area and the small-mask run so far."""
+    the prompt mask it was given, the slice image, the previous accepted area and the small-mask run so far.
+    small_area (slice pixels): growth is measured against at least this area, and a prompt mask smaller than it is
+    not compared with (overlap 1.0): see SMALL_MASK_MODEL_PX2."""
     area = int(centre.sum())
     return SliceInfo(
         index,
         pred.iou,
         pred.stability,
         area,
-        overlap=dice(centre, prompt_mask),
-        growth=area / max(previous_area, 1),
+        overlap=dice(centre, prompt_mask) if int(prompt_mask.sum()) >= small_area else 1.0,
+        growth=area / max(previous_area, small_area, 1),
         intensity_inliers=intensity.inliers(image, raw),
         tail_mm=tail_mm,
         drift_iqr=intensity.drift(image, centre),
@@ -349,10 +365,19 @@ class Propagator:
         box_margin_model_px: float = BOX_MARGIN_MODEL_PX,
         slice_done: Optional[SliceDoneFn] = None,
         step_model_px: float = STEP_MODEL_PX,
+        alt_margin_model_px: Optional[float] = ALT_BOX_MARGIN_MODEL_PX,
+        margin_choice: str = MARGIN_CHOICE,
+        small_mask_model_px2: float = SMALL_MASK_MODEL_PX2,
     ):
+        if margin_choice not in MARGIN_CHOICES:
+            raise ValueError(f"margin_choice {margin_choice!r}: one of {', '.join(MARGIN_CHOICES)}")
         self.p = predictor
         self.slice_mm = float(spacing_mm[0])
         self.margin = slice_pixels(predictor.geometry, box_margin_model_px)  # (x, y) slice pixels
+        self.alt_margin = None if alt_margin_model_px is None else slice_pixels(predictor.geometry, alt_margin_model_px)
+        self.margin_choice = margin_choice
+        px_x, px_y = slice_pixels(predictor.geometry, 1.0)  # slice pixels per model pixel
+        self.small_area = float(small_mask_model_px2) * px_x * px_y  # in slice pixels
         step_x, step_y = slice_pixels(predictor.geometry, step_model_px)
         self.step = (max(1, int(round(step_y))), max(1, int(round(step_x))))  # (rows, cols)
         self.rule = rule if rule is not None else StopRule()
@@ -420,14 +445,29 @@ class Propagator:
         pred = self.p.predict(c, box=box)
         raw = (pred.logits[1] > 0).numpy()
         centre = constrain(raw, slice_image, self.intensity, chain.previous_mask, self.step)
+        if self.alt_margin is not None:
+            alt = self.p.predict(c, box=grown_box(prompt_mask, self.alt_margin))
+            alt_raw = (alt.logits[1] > 0).numpy()
+            alt_centre = constrain(alt_raw, slice_image, self.intensity, chain.previous_mask, self.step)
+            if self._prefers(alt, alt_centre, pred, centre, prompt_mask):
+                pred, raw, centre = alt, alt_raw, alt_centre
         small = int(centre.sum()) < self.rule.tail_fraction * self.max_area
         tail_slices = chain.tail_slices + 1 if small else 0
-        info = score_slice(c, pred, raw, centre, prompt_mask, slice_image, self.intensity, chain.previous_area, tail_slices * self.slice_mm)
+        info = score_slice(c, pred, raw, centre, prompt_mask, slice_image, self.intensity, chain.previous_area, tail_slices * self.slice_mm,
+                           self.small_area)
         info.reason = self.rule.reason(info, self.max_area)
         info.accepted = info.reason is None
         if info.accepted:
             chain.tail_slices = tail_slices
         return pred, centre, info
+
+    def _prefers(self, alt: WindowPrediction, alt_centre: np.ndarray, pred: WindowPrediction, centre: np.ndarray, prompt_mask) -> bool:
+        """Whether the tighter box's candidate beats the default margin's (ties keep the default)."""
+        if self.margin_choice == "iou":
+            return alt.iou > pred.iou
+        if self.margin_choice == "stability":
+            return alt.stability > pred.stability
+        return dice(alt_centre, prompt_mask) > dice(centre, prompt_mask)
 
     def _walk(self, chain: Chain, start: int, lo: int, hi: int, res: PropagationResult) -> str:
         """Step `chain` from `start` until the range ends, the user cancels or a window is rejected; why it stopped."""
