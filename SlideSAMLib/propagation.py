@@ -66,13 +66,9 @@ BOX_MARGIN_MODEL_PX = 5.0
 # The sweep: 4 px lowered the mean one-box Dice of 75 training structures 0.430 -> 0.412 (example_ct aorta 0.840 ->
 # 0.182, mr_abdomen aorta 0.773 -> 0.085: their masks leak, the growth rule then ends the chains early); 2 px kept.
 STEP_MODEL_PX = 2.0
-# A second, tighter box per window (None: off): each window is also decoded from the neighbour mask's box grown by
-# this many model pixels, and the candidate MARGIN_CHOICE prefers is kept ("iou": the decoder's predicted IoU;
-# "overlap": Dice of the constrained centre mask with the prompt mask; "stability": SAM's stability score).
-# Under evaluation on the training folders (benchmarks/RESULTS_rules.md, "Session 11"); off by default.
-ALT_BOX_MARGIN_MODEL_PX = None
-MARGIN_CHOICE = "iou"
-MARGIN_CHOICES = ("iou", "overlap", "stability")
+# The box margin is not chosen per window either: decoding each window also from a 3 px box and keeping the candidate with the higher
+# predicted IoU / stability / overlap with its prompt was a wash on 96 training structures (session 11, main 37fe1a2;
+# RESULTS_rules.md "Session 11"): mean 0.4096 -> 0.4135 / 0.4101 / 0.4010, 13-17 better and 14-20 worse by > 0.02.
 # Masks too small for the growth and overlap rules, in model-input pixels² (0: off). A tight box on a structure a few
 # model pixels across makes the decoder return a speck (mr_abdomen's left adrenal gland: 1 pixel for a 13-pixel
 # reference on its largest slice); the next window's correct 9-pixel mask is then a "growth" of 9x and a Dice of 0.2
@@ -365,17 +361,11 @@ class Propagator:
         box_margin_model_px: float = BOX_MARGIN_MODEL_PX,
         slice_done: Optional[SliceDoneFn] = None,
         step_model_px: float = STEP_MODEL_PX,
-        alt_margin_model_px: Optional[float] = ALT_BOX_MARGIN_MODEL_PX,
-        margin_choice: str = MARGIN_CHOICE,
         small_mask_model_px2: float = SMALL_MASK_MODEL_PX2,
     ):
-        if margin_choice not in MARGIN_CHOICES:
-            raise ValueError(f"margin_choice {margin_choice!r}: one of {', '.join(MARGIN_CHOICES)}")
         self.p = predictor
         self.slice_mm = float(spacing_mm[0])
         self.margin = slice_pixels(predictor.geometry, box_margin_model_px)  # (x, y) slice pixels
-        self.alt_margin = None if alt_margin_model_px is None else slice_pixels(predictor.geometry, alt_margin_model_px)
-        self.margin_choice = margin_choice
         px_x, px_y = slice_pixels(predictor.geometry, 1.0)  # slice pixels per model pixel
         self.small_area = float(small_mask_model_px2) * px_x * px_y  # in slice pixels
         step_x, step_y = slice_pixels(predictor.geometry, step_model_px)
@@ -445,12 +435,6 @@ class Propagator:
         pred = self.p.predict(c, box=box)
         raw = (pred.logits[1] > 0).numpy()
         centre = constrain(raw, slice_image, self.intensity, chain.previous_mask, self.step)
-        if self.alt_margin is not None:
-            alt = self.p.predict(c, box=grown_box(prompt_mask, self.alt_margin))
-            alt_raw = (alt.logits[1] > 0).numpy()
-            alt_centre = constrain(alt_raw, slice_image, self.intensity, chain.previous_mask, self.step)
-            if self._prefers(alt, alt_centre, pred, centre, prompt_mask):
-                pred, raw, centre = alt, alt_raw, alt_centre
         small = int(centre.sum()) < self.rule.tail_fraction * self.max_area
         tail_slices = chain.tail_slices + 1 if small else 0
         info = score_slice(c, pred, raw, centre, prompt_mask, slice_image, self.intensity, chain.previous_area, tail_slices * self.slice_mm,
@@ -460,14 +444,6 @@ class Propagator:
         if info.accepted:
             chain.tail_slices = tail_slices
         return pred, centre, info
-
-    def _prefers(self, alt: WindowPrediction, alt_centre: np.ndarray, pred: WindowPrediction, centre: np.ndarray, prompt_mask) -> bool:
-        """Whether the tighter box's candidate beats the default margin's (ties keep the default)."""
-        if self.margin_choice == "iou":
-            return alt.iou > pred.iou
-        if self.margin_choice == "stability":
-            return alt.stability > pred.stability
-        return dice(alt_centre, prompt_mask) > dice(centre, prompt_mask)
 
     def _walk(self, chain: Chain, start: int, lo: int, hi: int, res: PropagationResult) -> str:
         """Step `chain` from `start` until the range ends, the user cancels or a window is rejected; why it stopped."""

@@ -111,13 +111,10 @@ VARIANTS = {
     "margin3": {"const": {"BOX_MARGIN_MODEL_PX": 3.0}},
     "margin4": {"const": {"BOX_MARGIN_MODEL_PX": 4.0}},
     "margin7": {"const": {"BOX_MARGIN_MODEL_PX": 7.0}},
-    # session 11: every window decoded from both the 5 px and a 3 px box, one candidate kept by the decoder's own evidence
-    "alt3-iou": {"const": {"ALT_BOX_MARGIN_MODEL_PX": 3.0, "MARGIN_CHOICE": "iou"}},
-    "alt3-overlap": {"const": {"ALT_BOX_MARGIN_MODEL_PX": 3.0, "MARGIN_CHOICE": "overlap"}},
+    # session 11: growth and overlap rules not applied to masks under a floor (propagation.SMALL_MASK_MODEL_PX2)
     "small50": {"const": {"SMALL_MASK_MODEL_PX2": 50.0}},
     "small100": {"const": {"SMALL_MASK_MODEL_PX2": 100.0}},
     "small200": {"const": {"SMALL_MASK_MODEL_PX2": 200.0}},
-    "alt3-stability": {"const": {"ALT_BOX_MARGIN_MODEL_PX": 3.0, "MARGIN_CHOICE": "stability"}},
     # session 8, where the chain wins: the merge of the windows' logits. centre-only: each slice's mask is
     # (almost) its own window's centre output, as in the chain (the side outputs still prompt the next window:
     # with SIDE_WEIGHT 0 the next window would get no prompt); side-equal: the three windows weigh the same.
@@ -128,7 +125,7 @@ VARIANTS = {
     "prompt-prev": {"prompt_prev": True},
 }
 CONSTS = ("BAND_PERCENTILES", "BAND_PAD", "MIN_COMPONENT_FRACTION", "BOX_MARGIN_MODEL_PX", "STEP_MODEL_PX", "DRIFT_MIN_PROMPT_PIXELS",
-          "SIDE_WEIGHT", "ALT_BOX_MARGIN_MODEL_PX", "MARGIN_CHOICE", "SMALL_MASK_MODEL_PX2")
+          "SIDE_WEIGHT", "SMALL_MASK_MODEL_PX2")
 
 
 def variant(name: str) -> dict:
@@ -158,7 +155,6 @@ def applied(settings: dict, session):
         # Propagator's margin / step defaults are bound when the class is defined: pass them (Session builds it).
         session_module.Propagator = functools.partial(
             propagation.Propagator, box_margin_model_px=propagation.BOX_MARGIN_MODEL_PX, step_model_px=propagation.STEP_MODEL_PX,
-            alt_margin_model_px=propagation.ALT_BOX_MARGIN_MODEL_PX, margin_choice=propagation.MARGIN_CHOICE,
             small_mask_model_px2=propagation.SMALL_MASK_MODEL_PX2)
         if settings["band_off"]:
             propagation.IntensityModel.band = lambda self, image: np.ones(np.shape(image), bool)
