@@ -40,10 +40,12 @@ def one_box(session, label, rule=None):
         session.stop_rule = saved
 
 
-def test_growth_rule_ends_the_left_iliopsoas_run(mr_session, mr):
-    # Sweep (session 7, before the drift rule, which is off here): the chain runs up past the muscle's end
-    # (slices 0-6) into the pelvis; "grew" ends it 5 slices past, without the rule it runs to the volume's end
-    # (slice 19): Dice 0.572 -> 0.316.
+def test_growth_rule_ends_the_left_iliopsoas_run(mr_session, mr, monkeypatch):
+    # Sweep (session 7, before the drift rule and the small-mask floor, both off here): the chain runs up past the
+    # muscle's end (slices 0-6) into the pelvis; "grew" ends it 5 slices past, without the rule it runs to the
+    # volume's end (slice 19): Dice 0.572 -> 0.316. With the defaults the drift rule ends it (test below); with drift
+    # off and the floor on, the growth there starts from a mask under the floor and the chain runs to the end too.
+    monkeypatch.setattr(session_module, "Propagator", functools.partial(propagation.Propagator, small_mask_model_px2=0.0))
     label = mr[2] == ILIOPSOAS_LEFT
     kept = one_box(mr_session, label, StopRule(max_drift_iqr=np.inf))
     assert kept.stopped["up"] == "grew"
