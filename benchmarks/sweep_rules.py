@@ -112,8 +112,8 @@ VARIANTS = {
     "margin4": {"const": {"BOX_MARGIN_MODEL_PX": 4.0}},
     "margin7": {"const": {"BOX_MARGIN_MODEL_PX": 7.0}},
     # session 11: growth and overlap rules not applied to masks under a floor (propagation.SMALL_MASK_MODEL_PX2)
-    "small-off": {"const": {"SMALL_MASK_MODEL_PX2": 0.0}},  # the default before ef7a7cd
-    "small50": {"const": {"SMALL_MASK_MODEL_PX2": 50.0}},  # the default since ef7a7cd
+    "small-off": {"const": {"SMALL_MASK_MODEL_PX2": 0.0}},  # the default (on in ef7a7cd..fad1d72 only)
+    "small50": {"const": {"SMALL_MASK_MODEL_PX2": 50.0}},  # chosen on training, failed the evaluation-only gate
     "small100": {"const": {"SMALL_MASK_MODEL_PX2": 100.0}},
     "small200": {"const": {"SMALL_MASK_MODEL_PX2": 200.0}},
     # session 8, where the chain wins: the merge of the windows' logits. centre-only: each slice's mask is
