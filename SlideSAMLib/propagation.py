@@ -84,8 +84,8 @@ STEP_MODEL_PX = 2.0
 # OFF by default: run once on the evaluation-only volumes with 50 (RESULTS_anchors.md "Session 11") it failed issue
 # 12's gate (mean one box 0.414 -> 0.415, but ct_dicom's pancreas 0.391 -> 0.203 while its right adrenal gland rose
 # 0.128 -> 0.295): a structure under the floor on every slice (the pancreas there, about 17 model px² a slice) loses
-# the growth and overlap rules along its whole chain. Not retuned on those volumes; a floor that applies only until a
-# chain has seen a mask above it is the untested next step.
+# the growth and overlap rules along its whole chain. Not retuned on those volumes; the untested next step is a floor
+# only where the prompt decode is a speck inside its own box (the adrenal: 1 pixel in a 3 x 5 box).
 SMALL_MASK_MODEL_PX2 = 0.0
 
 
