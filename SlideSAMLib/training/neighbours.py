@@ -94,6 +94,11 @@ def neighbour_terms(logits: torch.Tensor, target: torch.Tensor, alpha: float) ->
     return {"focal": focal_per_slice(logits.float(), target, alpha=alpha).mean(dim=1), "dice": dice_per_slice(logits.float(), target).mean(dim=1)}
 
 
+def _branch_logits(branch, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+    """One upscaling branch's mask logits [B, H, W]: the hypernetwork vector [B, C] . the upscaled features."""
+    return torch.einsum("bc,bchw->bhw", hyper, branch(src))
+
+
 class NeighbourSampler:
     """(volume, structure, centre slice) drawn uniformly over structures, then over the slices showing it."""
 
@@ -226,12 +231,12 @@ class NeighbourTrainer:
         """Low-res logits [B, 2, 256, 256] of slices k-1 and k+1: the decoder's mask = hypernetwork . upscaled branch
         (ThreeSliceMaskDecoder.predict_masks), for the two trained branches only."""
         dec = self.net.mask_decoder
-        return torch.stack([torch.einsum("bc,bchw->bhw", hyper, branch(src)) for branch in (dec.output_upscaling, dec.output_upscaling3)], dim=1)
+        return torch.stack([_branch_logits(branch, src, hyper) for branch in (dec.output_upscaling, dec.output_upscaling3)], dim=1)
 
     @torch.no_grad()
     def centre_logits(self, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """Low-res logits [B, 256, 256] of the frozen centre branch: the untuned copy the outer branches start from."""
-        return torch.einsum("bc,bchw->bhw", hyper, self.net.mask_decoder.output_upscaling2(src))
+        return _branch_logits(self.net.mask_decoder.output_upscaling2, src, hyper)
 
     def build_pool(self, log=None) -> None:
         """Draw `pool` training examples once and keep, for each, its frozen features cropped to the prompt box
@@ -267,9 +272,7 @@ class NeighbourTrainer:
                 anchor.append(anchor_term(logits, self.centre_logits(src, hyper[None])))
         focal, dice = torch.cat(focal), torch.cat(dice)
         anchor = torch.cat(anchor) if anchor else torch.zeros_like(dice)
-        loss = (self.cfg.focal_weight * focal + dice).mean()
-        if self.cfg.anchor_weight:
-            loss = loss + self.cfg.anchor_weight * anchor.mean()
+        loss = (self.cfg.focal_weight * focal + dice).mean() + self.cfg.anchor_weight * anchor.mean()  # + exactly 0 when off
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
