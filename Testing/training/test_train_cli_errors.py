@@ -58,3 +58,11 @@ def test_structure_absent_from_every_volume(capsys, tmp_path, mr):
     path = tmp_path / "liver_only.nii.gz"
     sitk.WriteImage(only, str(path))
     _fails(capsys, ["train", "--pair", str(mr[0]), str(path), str(mr[2]), "--structures", "spleen", "-o", str(tmp_path / "a")], "spleen")
+
+
+@pytest.mark.parametrize("weight", ["-1", "nan"])
+def test_negative_or_nan_anchor_weight(capsys, tmp_path, mr, weight):
+    out = tmp_path / "adapter"
+    _fails(capsys, ["train", "--decoder", "neighbours", "--pair", *map(str, mr), "--structures", "kidney_left", "--anchor-weight", weight,
+                    "-o", str(out)], "--anchor-weight", "positive")
+    assert not out.exists()
