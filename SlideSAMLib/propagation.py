@@ -19,6 +19,7 @@ beside the main body are dropped before they can widen the next window's box.
 Thresholds were tuned on the training volumes only (see benchmarks/RESULTS.md) and re-examined one at a time on
 every training folder by benchmarks/sweep_rules.py (benchmarks/RESULTS_rules.md, "the sweep" below).
 """
+import math
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -87,6 +88,10 @@ STEP_MODEL_PX = 2.0
 # the growth and overlap rules along its whole chain. Not retuned on those volumes; the untested next step is a floor
 # only where the prompt decode is a speck inside its own box (the adrenal: 1 pixel in a 3 x 5 box).
 SMALL_MASK_MODEL_PX2 = 0.0
+# Where the floor applies (session 12): only to a run whose prompt decode covers less than this share of its own box
+# (the left adrenal: 1 pixel in a 3 x 5 box); a structure whose prompt decode fills its box keeps both rules however
+# small it is. inf: every run (session 11's floor). A run with no box (a restart, a refine) applies it only at inf.
+SPECK_BOX_SHARE = math.inf
 
 
 def _threshold(value, evidence: str):
@@ -374,12 +379,15 @@ class Propagator:
         slice_done: Optional[SliceDoneFn] = None,
         step_model_px: float = STEP_MODEL_PX,
         small_mask_model_px2: float = SMALL_MASK_MODEL_PX2,
+        speck_box_share: float = SPECK_BOX_SHARE,
     ):
         self.p = predictor
         self.slice_mm = float(spacing_mm[0])
         self.margin = slice_pixels(predictor.geometry, box_margin_model_px)  # (x, y) slice pixels
         px_x, px_y = slice_pixels(predictor.geometry, 1.0)  # slice pixels per model pixel
-        self.small_area = float(small_mask_model_px2) * px_x * px_y  # in slice pixels
+        self.floor_area = float(small_mask_model_px2) * px_x * px_y  # in slice pixels; applied per run (see run)
+        self.speck_box_share = float(speck_box_share)
+        self.small_area = 0.0
         step_x, step_y = slice_pixels(predictor.geometry, step_model_px)
         self.step = (max(1, int(round(step_y))), max(1, int(round(step_x))))  # (rows, cols)
         self.rule = rule if rule is not None else StopRule()
@@ -489,6 +497,14 @@ class Propagator:
             self.progress(min(0.99, self._done / self._span), f"slice {c} ({chain.name})")
             c += chain.direction
 
+    def _speck(self, start_area: int, box_area: Optional[float]) -> bool:
+        """Whether this run gets the small-mask floor: its prompt decode is a speck in its box (SPECK_BOX_SHARE)."""
+        if self.floor_area <= 0:
+            return False
+        if math.isinf(self.speck_box_share):
+            return True
+        return box_area is not None and start_area < self.speck_box_share * box_area
+
     def run(
         self,
         start: int,
@@ -500,12 +516,14 @@ class Propagator:
         result: Optional[PropagationResult] = None,
         largest_area: int = 0,
         stop_at: Optional[StopAtFn] = None,
+        prompt_box_area: Optional[float] = None,
     ) -> PropagationResult:
         """Propagate from `start` (already predicted as `first`) in each of `directions` (+1, -1) within [lo, hi].
 
         `stop_at(c, mask, verdict)`: asked for each scored slice with the stop rule's verdict; a reason overrides it,
         ends that side there with that reason and leaves slice c out of the result (no window past it is encoded
-        or decoded)."""
+        or decoded).
+        `prompt_box_area` (slice pixels²): the area of the box that prompted `first`, for the small-mask floor."""
         t0 = time.perf_counter()
         self._stop_at = stop_at
         passes0 = self.p.encoder_passes
@@ -514,6 +532,7 @@ class Propagator:
         start_mask = fixed_start_mask if fixed_start_mask is not None else (first.logits[1] > 0).numpy()
         self.intensity = IntensityModel(self.p.stack[start], start_mask)
         start_info = SliceInfo(start, first.iou, first.stability, int(start_mask.sum()))
+        self.small_area = self.floor_area if self._speck(start_info.area, prompt_box_area) else 0.0
         res.info.append(start_info)
         self.slice_done(start, start_mask.astype(bool))
         self.max_area = max(start_info.area, int(largest_area))  # the stop rule's areas are relative to this

@@ -206,7 +206,8 @@ class Session:
             if progress:
                 progress(0.0, f"slice {k} (prompt)")
             prop = Propagator(pred, self.stack_spacing(ax), self.stop_rule, progress, cancel, slice_done=slice_done)
-            result = prop.run(k, first, DIRECTIONS[direction], lo, hi)
+            box_area = (box2d[2] - box2d[0]) * (box2d[3] - box2d[1]) if box2d is not None else None
+            result = prop.run(k, first, DIRECTIONS[direction], lo, hi, prompt_box_area=box_area)
             result.encoder_passes = pred.encoder_passes - passes  # the prompt's own window included
             result.prompt = kind
             return result

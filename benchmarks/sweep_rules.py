@@ -116,6 +116,11 @@ VARIANTS = {
     "small50": {"const": {"SMALL_MASK_MODEL_PX2": 50.0}},  # chosen on training, failed the evaluation-only gate
     "small100": {"const": {"SMALL_MASK_MODEL_PX2": 100.0}},
     "small200": {"const": {"SMALL_MASK_MODEL_PX2": 200.0}},
+    # session 12: the floor only where the prompt decode covers less than a share of its box (SPECK_BOX_SHARE);
+    # combine with a floor, e.g. small50+speck0.2
+    "speck0.1": {"const": {"SPECK_BOX_SHARE": 0.1}},
+    "speck0.2": {"const": {"SPECK_BOX_SHARE": 0.2}},
+    "speck0.3": {"const": {"SPECK_BOX_SHARE": 0.3}},
     # session 8, where the chain wins: the merge of the windows' logits. centre-only: each slice's mask is
     # (almost) its own window's centre output, as in the chain (the side outputs still prompt the next window:
     # with SIDE_WEIGHT 0 the next window would get no prompt); side-equal: the three windows weigh the same.
@@ -126,7 +131,7 @@ VARIANTS = {
     "prompt-prev": {"prompt_prev": True},
 }
 CONSTS = ("BAND_PERCENTILES", "BAND_PAD", "MIN_COMPONENT_FRACTION", "BOX_MARGIN_MODEL_PX", "STEP_MODEL_PX", "DRIFT_MIN_PROMPT_PIXELS",
-          "SIDE_WEIGHT", "SMALL_MASK_MODEL_PX2")
+          "SIDE_WEIGHT", "SMALL_MASK_MODEL_PX2", "SPECK_BOX_SHARE")
 
 
 def variant(name: str) -> dict:
@@ -156,7 +161,7 @@ def applied(settings: dict, session):
         # Propagator's margin / step defaults are bound when the class is defined: pass them (Session builds it).
         session_module.Propagator = functools.partial(
             propagation.Propagator, box_margin_model_px=propagation.BOX_MARGIN_MODEL_PX, step_model_px=propagation.STEP_MODEL_PX,
-            small_mask_model_px2=propagation.SMALL_MASK_MODEL_PX2)
+            small_mask_model_px2=propagation.SMALL_MASK_MODEL_PX2, speck_box_share=propagation.SPECK_BOX_SHARE)
         if settings["band_off"]:
             propagation.IntensityModel.band = lambda self, image: np.ones(np.shape(image), bool)
         if settings["prompt_prev"]:
