@@ -85,12 +85,17 @@ STEP_MODEL_PX = 2.0
 # OFF by default: run once on the evaluation-only volumes with 50 (RESULTS_anchors.md "Session 11") it failed issue
 # 12's gate (mean one box 0.414 -> 0.415, but ct_dicom's pancreas 0.391 -> 0.203 while its right adrenal gland rose
 # 0.128 -> 0.295): a structure under the floor on every slice (the pancreas there, about 17 model px² a slice) loses
-# the growth and overlap rules along its whole chain. Not retuned on those volumes; the untested next step is a floor
-# only where the prompt decode is a speck inside its own box (the adrenal: 1 pixel in a 3 x 5 box).
+# the growth and overlap rules along its whole chain.
 SMALL_MASK_MODEL_PX2 = 0.0
 # Where the floor applies (session 12): only to a run whose prompt decode covers less than this share of its own box
 # (the left adrenal: 1 pixel in a 3 x 5 box); a structure whose prompt decode fills its box keeps both rules however
 # small it is. inf: every run (session 11's floor). A run with no box (a restart, a refine) applies it only at inf.
+# On the 120 training structures (RESULTS_rules.md "Session 12"), with the floor at 50, mean one box 0.4032 ->
+# 0.4032 / 0.4065 / 0.4069 at shares 0.1 / 0.2 / 0.3, none worse by > 0.02 (only mr_abdomen's adrenals move). Floor
+# 50 with share 0.3 also FAILED the evaluation-only gate, run once (RESULTS_anchors.md "Session 12"): mean one box
+# 0.414 -> 0.410; ct_dicom's pancreas 0.391 -> 0.203 again (its prompt decode is under 0.3 of its box, and the chain
+# then runs to the volume's end), its right adrenal stays 0.128. So the floor stays off (0 above) and the share is
+# inf, session 11's meaning of a floor; not retuned on those volumes.
 SPECK_BOX_SHARE = math.inf
 
 

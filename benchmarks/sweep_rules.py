@@ -120,7 +120,7 @@ VARIANTS = {
     # combine with a floor, e.g. small50+speck0.2
     "speck0.1": {"const": {"SPECK_BOX_SHARE": 0.1}},
     "speck0.2": {"const": {"SPECK_BOX_SHARE": 0.2}},
-    "speck0.3": {"const": {"SPECK_BOX_SHARE": 0.3}},
+    "speck0.3": {"const": {"SPECK_BOX_SHARE": 0.3}},  # with small50: chosen on training, failed the gate (session 12)
     # session 8, where the chain wins: the merge of the windows' logits. centre-only: each slice's mask is
     # (almost) its own window's centre output, as in the chain (the side outputs still prompt the next window:
     # with SIDE_WEIGHT 0 the next window would get no prompt); side-equal: the three windows weigh the same.

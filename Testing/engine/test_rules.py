@@ -122,13 +122,35 @@ def test_the_small_mask_floor_lets_a_small_structure_go_on_past_a_speck(mr_sessi
     # Session 11 (RESULTS_rules.md, "Session 11: a floor for small masks"): the tight box on the left adrenal's
     # largest slice (13 pixels) decodes to 1 pixel; the next windows' 8-9 pixel masks 'grew' 8-9x and overlapped
     # their 1-pixel prompt by 0.2, so both sides ended on the prompt slice: Dice 0.023 (the naive chain 0.206).
-    # Under the small-mask floor (50 model px², off by default: propagation.SMALL_MASK_MODEL_PX2) those two rules wait
-    # for masks of a measurable size: 0.415.
+    # Under the small-mask floor (propagation.SMALL_MASK_MODEL_PX2) those two rules wait for masks of a measurable
+    # size: 0.415. Session 12: the floor only where the prompt decode covers less than a share of its box
+    # (SPECK_BOX_SHARE; the adrenal's 1 pixel in its box is under 0.3 of it, not under 0.05).
     label = mr[2] == ADRENAL_GLAND_LEFT
-    off = one_box(mr_session, label)  # the default
-    assert off.stopped == {"up": "jumped", "down": "jumped"} and len(off.slices) == 1
-    assert dice(off.volume_mask(), label) < 0.1
-    monkeypatch.setattr(session_module, "Propagator", functools.partial(propagation.Propagator, small_mask_model_px2=50.0))
-    floor = one_box(mr_session, label)
-    assert len(floor.slices) >= 4
-    assert dice(floor.volume_mask(), label) >= 0.3
+
+    def run(floor, share):
+        monkeypatch.setattr(session_module, "Propagator", functools.partial(
+            propagation.Propagator, small_mask_model_px2=floor, speck_box_share=share))
+        return one_box(mr_session, label)
+
+    # The default (floor off: it failed the evaluation-only gate in sessions 11 and 12), then a floor whose share
+    # the speck does not fall under.
+    for off in (one_box(mr_session, label), run(50.0, 0.05)):
+        assert off.stopped == {"up": "jumped", "down": "jumped"} and len(off.slices) == 1
+        assert dice(off.volume_mask(), label) < 0.1
+    for floor in (run(50.0, np.inf), run(50.0, 0.3)):  # every run; runs whose prompt decode is a speck
+        assert len(floor.slices) >= 4
+        assert dice(floor.volume_mask(), label) >= 0.3
+
+
+def test_the_floor_applies_only_to_a_speck_in_its_box(model, mr):
+    # A Propagator's per-run decision (Propagator._speck): the prompt decode's area against its box's area.
+    from SlideSAMLib import Session
+
+    volume, spacing, _ = mr
+    pred = Session(model, volume, spacing=spacing).predictor(2)
+    prop = propagation.Propagator(pred, spacing[::-1], small_mask_model_px2=50.0, speck_box_share=0.3)
+    assert prop._speck(1, 15.0)  # the adrenal: 1 pixel in a 3 x 5 box
+    assert not prop._speck(5, 15.0)  # a third of its box
+    assert not prop._speck(1, None)  # no box (a restart, a refine)
+    assert propagation.Propagator(pred, spacing[::-1], small_mask_model_px2=50.0, speck_box_share=np.inf)._speck(1, None)
+    assert not propagation.Propagator(pred, spacing[::-1], small_mask_model_px2=0.0, speck_box_share=0.3)._speck(1, 15.0)
