@@ -34,7 +34,7 @@ EXTRA_COMMANDS = {
 }
 
 
-def _axis_name(text: str) -> str:
+def axis_arg(text: str) -> str:
     """The slice axis as i, j or k: the letters in either case, or 0, 1, 2 (as the Python API and Slicer logic take)."""
     text = text.strip().lower()
     return "ijk"[int(text)] if text in ("0", "1", "2") else text
@@ -53,7 +53,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--slice", type=float, dest="slice_index", metavar="K", help="prompt slice index along --axis (voxel coords) or its coordinate in mm (lps/ras)")
     p.add_argument("--point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="include click, X and Y as for --box (repeatable)")
     p.add_argument("--negative", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="exclude click, X and Y as for --box (repeatable)")
-    p.add_argument("--axis", type=_axis_name, choices=["i", "j", "k"], default="k",
+    p.add_argument("--axis", type=axis_arg, choices=["i", "j", "k"], default="k",
                    help="voxel axis the slices are stacked along: i, j or k (either case; or 0, 1, 2) (default k: axial for most scans)")
     p.add_argument("--direction", choices=["both", "up", "down"], default="both", help="propagate both ways, or towards higher (up) / lower (down) slice indices")
     p.add_argument("--range", nargs=2, type=int, metavar=("A", "B"), dest="slice_range", help="limit propagation to slices A..B")

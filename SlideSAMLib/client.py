@@ -218,7 +218,7 @@ class SlideSAMClient:
 class RemoteSession(ContractSession):
     """A volume held by the server, with the local `Session`'s `segment` / `restart` / `refine` calls (IJK voxel prompts).
 
-    The Slicer module uses it for "Model source: server". The volume is uploaded on first use; when the
+    The Slicer module uses it for the panel's Model "SlideSAM server". The volume is uploaded on first use; when the
     server has forgotten the session (expired, or the server restarted) it is uploaded once more and the
     call repeated, and `progress` says so.
     """

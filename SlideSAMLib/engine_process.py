@@ -118,7 +118,7 @@ def check_python(python: str) -> None:
     if version < MIN_PYTHON:
         raise EngineError(
             f"the engine needs Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} and '{python}' is {version[0]}.{version[1]} "
-            "(Slicer 5.8 and older bundle 3.9): use Slicer 5.10 or newer, choose Model source 'SlideSAM server', or name a Python >= 3.10 in SlideSAM's Engine Python field"
+            "(Slicer 5.8 and older bundle 3.9): use Slicer 5.10 or newer, choose Model 'SlideSAM server', or name a Python >= 3.10 in SlideSAM's Engine Python field"
         )
 
 

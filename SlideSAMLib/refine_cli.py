@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import axis_arg
 from .errors import InputError
 from .onnx_encoder import ENCODER_BACKENDS, ENCODER_HELP
 from .stop_reasons import describe_stops
@@ -32,7 +33,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="include click (repeatable)")
     p.add_argument("--negative", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"), help="exclude click (repeatable)")
     p.add_argument("--label", type=int, help="the segment's label value in RESULT (default: every non-zero voxel)")
-    p.add_argument("--axis", choices=["i", "j", "k"], default="k")
+    p.add_argument("--axis", type=axis_arg, choices=["i", "j", "k"], default="k",
+                   help="voxel axis the slices are stacked along, as for segment: i, j or k (either case; or 0, 1, 2) (default k)")
     p.add_argument("--range", nargs=2, type=int, metavar=("A", "B"), dest="slice_range", help="re-propagate and replace only slices A..B")
     p.add_argument("--modality", choices=["auto", "ct", "mr"], default="auto")
     p.add_argument("--checkpoint", help="model file or adapter folder (default: the embedded model)")

@@ -10,8 +10,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
         help="evaluate a model on labelled volumes with simulated prompts",
-        description="Per structure: one tight box on its largest slice, jittered boxes and (where the model supports clicks) "
-                    "one include click, each propagated; beside them the chain and oracle anchors and the CVPR 2025 interactive protocol; 3D Dice, surface Dice 2 mm, HD95, slice extent, encoder passes, "
+        description="Per structure: one tight box on its largest slice, jittered boxes and one include click (the box search for a box-only model), "
+                    "each propagated; beside them the chain and oracle anchors and the CVPR 2025 interactive protocol; 3D Dice, surface Dice 2 mm, HD95, slice extent, encoder passes, "
                     "seconds; and the labelling-efficiency simulation.",
     )
     p.add_argument("--case", nargs="+", action="append", default=[], metavar="FILE",

@@ -17,7 +17,7 @@ DEFAULT_PORT = 8080
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "web",
-        help="annotate in the browser on real Slicer views (trame-slicer); needs pip install 'slidesam[web]'",
+        help="annotate in the browser on real Slicer views (trame-slicer); needs its own environment from a source checkout (README, Web annotator)",
         description="Serve SlideSAM's web annotator: axial / sagittal / coronal / 3D Slicer views streamed to the browser, "
         "box and point prompts placed with the mouse, propagation in a separate engine process (or on --server).",
     )
@@ -80,7 +80,7 @@ def run(args) -> int:
     try:
         import trame_slicer  # noqa: F401
     except ImportError as exc:
-        raise InputError(f"slidesam web needs trame-slicer ({exc}): pip install 'slidesam[web]' in its own environment (see the README)") from exc
+        raise InputError(f"slidesam web needs trame-slicer ({exc}): install the 'web' extra's packages in its own environment from a source checkout (README, Web annotator)") from exc
     source, label, stop = connect_engine(args)
     atexit.register(stop)
     from .app import create_app

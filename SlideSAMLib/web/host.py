@@ -25,7 +25,7 @@ def slicer_module_folder() -> Path:
     folder = Path(__file__).resolve().parents[2] / "SlideSAM"
     if not (folder / "SlideSAMSlicer" / "writer.py").exists():
         raise InputError(
-            f"slidesam web needs the SlideSAM Slicer module's code ({folder}/SlideSAMSlicer): run it from a source checkout (pip install -e '.[web]')"
+            f"slidesam web needs the SlideSAM Slicer module's code ({folder}/SlideSAMSlicer): run it from a source checkout (README, Web annotator: pip install --no-deps -e . and the 'web' extra's packages)"
         )
     return folder
 

@@ -77,6 +77,9 @@ def test_an_out_of_range_slice_says_so(tmp_path, capsys, coords):
 def test_axis_takes_the_documented_forms(given, axis):
     args = build_parser().parse_args(["segment", "x.nii.gz", "--axis", given, "--slice", "3", "-o", "y.nii.gz"])
     assert args.axis == axis
+    # refine takes the same forms (README "Command line": either case, or 0, 1, 2); it took only i, j, k before
+    args = build_parser().parse_args(["refine", "x.nii.gz", "r.nii.gz", "--axis", given, "--slice", "3", "-o", "y.nii.gz"])
+    assert args.axis == axis
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
