@@ -231,7 +231,9 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         node = self.logic.getParameterNode()
         if not node.GetNodeReference("InputVolume"):
-            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            # the first grey-level volume: GetFirstNodeByClass would also return a labelmap (a subclass), which the
+            # input selector (showChildNodeTypes false) cannot show
+            volume = next((v for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if not v.IsA("vtkMRMLLabelMapVolumeNode")), None)
             if volume:
                 node.SetNodeReferenceID("InputVolume", volume.GetID())
         self.setParameterNode(node)
@@ -340,9 +342,14 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         if node is None or not previous or interaction is None or interaction.GetCurrentInteractionMode() != interaction.Place:
             return
-        for selector in (self.ui.boxSelector, self.ui.includePointsSelector, self.ui.excludePointsSelector):
+        selectors = (self.ui.boxSelector, self.ui.includePointsSelector, self.ui.excludePointsSelector)
+        if any(selector.currentNode() is node for selector in selectors):
+            # a prompt's own node made active (qSlicerMarkupsPlaceWidget::setPlaceModeEnabled calls SetActiveList before
+            # it sets Place mode, so switching from include to exclude placing arrives here still in Place mode)
+            return
+        for selector in selectors:
             current = selector.currentNode()
-            if current is not None and current.GetID() == previous and current is not node and node.GetClassName() == current.GetClassName():
+            if current is not None and current.GetID() == previous and node.GetClassName() == current.GetClassName():
                 selector.setCurrentNode(node)
 
     def _sliceNodes(self):
@@ -455,7 +462,9 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showInstallProgress(self, line):
         """pip's progress while the engine's packages install (after the user agreed): shown as it comes."""
         self.ui.statusLabel.text = line
-        slicer.app.processEvents()
+        # repaint only: with user input delivered too, a second Propagate or a scene close could run inside this start
+        # (as SampleData.py does while it downloads)
+        slicer.app.processEvents(qt.QEventLoop.ExcludeUserInputEvents)
 
     def _start(self, job):
         check_editor(job.editor_node, job.segmentation_node, job.volume_node)  # refused now rather than after the run
@@ -464,6 +473,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from SlideSAMSlicer.preview import SegmentPreview
         from SlideSAMSlicer.worker import BackgroundJob
 
+        self._saveSegmentEditorState(job.segmentation_node)
         preview = SegmentPreview(self.logic, job) if job.axis is not None else None  # masks shown as they come
         self._job, self._preview = job, preview
         self._background = BackgroundJob(functools.partial(job.run, slice_done=self._preview.slice_done if self._preview else None)).start()
@@ -472,6 +482,17 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.start()
         self.updateButtons()
         return True
+
+    @staticmethod
+    def _saveSegmentEditorState(segmentationNode):
+        """Segment Editor's Undo then takes back exactly this run, not the run with the effect before it: SlideSAM's
+        writes are not in its history (vtkSegmentationHistory restores the state saved before its last effect).
+        Only where the Segment Editor's widget exists (Slicer sets slicer.modules.SegmentEditorWidget when it is
+        made: qSlicerScriptedLoadableModuleWidget::setPythonSource) and edits this segmentation."""
+        editor = getattr(getattr(slicer.modules, "SegmentEditorWidget", None), "editor", None)
+        node = editor.segmentationNode() if editor is not None else None
+        if node is not None and node.GetID() == segmentationNode.GetID():
+            editor.saveStateForUndo()  # qMRMLSegmentEditorWidget public slot (Slicer 5.6.2 and main)
 
     def onCancel(self):
         if self._background is not None:

@@ -229,6 +229,15 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"volume '{volumeNode.GetName()}' has several components per voxel: select a grey-level volume")
         if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
             raise InputError("no output segmentation: select or create a segmentation node")
+        # Slicer refuses to import a labelmap into a segmentation whose source representation is another one (a closed
+        # surface imported from a model): vtkSlicerSegmentationsModuleLogic::ImportLabelmapToSegmentationNode, "is not
+        # binary labelmap". Refused here, before any run, rather than after it.
+        labelmap = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        source = segmentationNode.GetSegmentation().GetSourceRepresentationName()
+        if source != labelmap:
+            raise InputError(
+                f"segmentation '{segmentationNode.GetName()}' is stored as '{source}', not as a binary labelmap: make binary "
+                "labelmap its source representation (Segmentations module, Representations), or choose another segmentation")
 
     @staticmethod
     def _checkDirection(direction):

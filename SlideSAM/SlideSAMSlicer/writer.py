@@ -14,6 +14,7 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 import slicer
+import vtk
 
 from SlideSAMLib.errors import InputError
 
@@ -26,7 +27,37 @@ def read_segment(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
 
 
 def write_segment(array: np.ndarray, segmentation_node, segment_id: str, volume_node) -> None:
-    slicer.util.updateSegmentBinaryLabelmapFromArray(np.ascontiguousarray(array, dtype=np.uint8), segmentation_node, segment_id, volume_node)
+    """Replace a segment by a (k, j, i) array on the volume's grid."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    if volume_node.GetParentTransformNode() is segmentation_node.GetParentTransformNode():
+        slicer.util.updateSegmentBinaryLabelmapFromArray(array, segmentation_node, segment_id, volume_node)
+        return
+    # The volume and the segmentation sit under different transforms (a registered volume, a new segmentation).
+    # updateSegmentBinaryLabelmapFromArray would apply the transform between them twice: its temporary labelmap takes
+    # the volume's transform (vtkSlicerVolumesLogic::CreateLabelVolumeFromVolume), and
+    # vtkSlicerSegmentationsModuleLogic::ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode,
+    # updatedSegmentIDs) transforms the image and then passes the same transform on to be applied again (Slicer 5.6.2
+    # and main, 2026-08). So the labelmap is given the segmentation's frame here and imported with no transform.
+    to_segmentation = vtk.vtkMatrix4x4()
+    if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
+            volume_node.GetParentTransformNode(), segmentation_node.GetParentTransformNode(), to_segmentation):
+        raise InputError(
+            f"'{volume_node.GetName()}' and '{segmentation_node.GetName()}' are under different transforms and the one between "
+            "them is not linear: put the segmentation under the volume's transform, or harden the transform (Data module)")
+    ijk_to_segmentation = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(ijk_to_segmentation)
+    vtk.vtkMatrix4x4.Multiply4x4(to_segmentation, ijk_to_segmentation, ijk_to_segmentation)
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__temp__")
+    try:
+        labelmap.SetAndObserveTransformNodeID(segmentation_node.GetTransformNodeID())
+        slicer.util.updateVolumeFromArray(labelmap, array)
+        labelmap.SetIJKToRASMatrix(ijk_to_segmentation)
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentation_node, ids):
+            raise RuntimeError("Importing of segment failed.")  # what updateSegmentBinaryLabelmapFromArray raises
+    finally:
+        slicer.mrmlScene.RemoveNode(labelmap)
 
 
 def stack_view(array: np.ndarray, axis: int) -> np.ndarray:

@@ -1,16 +1,16 @@
 """The web annotator's live preview: the shared SegmentPreview (SlideSAM/SlideSAMSlicer/preview.py, one
-implementation for both front ends), flushed from the page's event loop FLUSH_S after a slice arrives (later if
-writes are slow, as the shared rule says), the
-page's views told of each write.  SlideSAMSlicer is imported when a preview is made (the host puts it on the path)."""
+implementation for both front ends), flushed from the page's event loop when the shared rule allows (`wait_s`: a
+run's first slice at once, as the Slicer module's timer does; then at most every FLUSH_S, later if writes are slow),
+the page's views told of each write.  SlideSAMSlicer is imported when a preview is made (the host puts it on the path)."""
 
 
 class LivePreview:
     def __init__(self, logic, editor, job, loop):
         """logic: SlideSAMLogic; editor: trame-slicer's SegmentationEditor; job: the PropagationJob about to run."""
-        from SlideSAMSlicer.preview import FLUSH_S, SegmentPreview
+        from SlideSAMSlicer.preview import SegmentPreview
 
         self.preview = SegmentPreview(logic, job, on_write=lambda: editor.active_segmentation.trigger_modified())
-        self.loop, self.flush_s, self.scheduled = loop, FLUSH_S, False
+        self.loop, self.scheduled = loop, False
 
     @property
     def shown(self):
@@ -28,7 +28,9 @@ class LivePreview:
     def _schedule(self) -> None:
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_later(max(self.flush_s, self.preview.wait_s()), self._flush)  # the shared pacing rule
+            # the shared pacing rule. It used to wait FLUSH_S before the first write too: a refine done within 0.3 s
+            # of its first slice (a quiet machine, 2026-12-03) then showed nothing while it ran.
+            self.loop.call_later(self.preview.wait_s(), self._flush)
 
     def _flush(self) -> None:
         self.scheduled = False

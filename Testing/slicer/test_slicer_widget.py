@@ -285,6 +285,25 @@ def test_a_box_is_placed_once_even_after_placing_points(gui):
     assert gui.interaction.GetCurrentInteractionMode() == gui.interaction.ViewTransform  # no third click starts another ROI
 
 
+def test_switching_from_include_to_exclude_placing_keeps_both_lists(gui):
+    # Persistent placement leaves Slicer in Place mode after each include click; the exclude place button then makes
+    # the exclude list the active place node before it sets Place mode (qSlicerMarkupsPlaceWidget::setPlaceModeEnabled),
+    # so the active-place-node change arrives in Place mode with the include list as the previous node. The include
+    # selector followed it to the exclude list before (audit of session 13): the include points were lost.
+    ui = gui.ui
+    include = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
+    exclude = gui.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "exclude")
+    ui.includePointsSelector.setCurrentNode(include)
+    ui.excludePointsSelector.setCurrentNode(exclude)
+    ui.includePlaceWidget.setPlaceModeEnabled(True)
+    include.AddControlPointWorld(*gui.ct.box_ras[0])
+    assert gui.interaction.GetCurrentInteractionMode() == gui.interaction.Place  # persistent: still placing
+    ui.excludePlaceWidget.setPlaceModeEnabled(True)
+    assert ui.includePointsSelector.currentNode() is include and ui.excludePointsSelector.currentNode() is exclude
+    ui.includePlaceWidget.setPlaceModeEnabled(True)  # and back
+    assert ui.includePointsSelector.currentNode() is include and ui.excludePointsSelector.currentNode() is exclude
+
+
 @pytest.mark.parametrize("how", ["place button", "shortcut"])
 def test_drawing_a_new_box_replaces_the_box_propagate_uses(gui, monkeypatch, how):
     ui, ct = gui.ui, gui.ct
@@ -335,6 +354,41 @@ def test_propagate_button_writes_the_kidney_into_a_new_segment(gui):
     inner = slice(ct.k - RANGE + 1, ct.k + RANGE)
     assert dice(mask[inner], ct.reference[inner]) > 0.8  # a lost or flipped geometry cannot reach this
     assert ui.undoButton.enabled and ui.restartButton.enabled and ui.propagateButton.enabled
+
+
+def test_segment_editor_saves_its_undo_state_before_a_run_on_its_segmentation(gui, monkeypatch):
+    # Stand-in for the Segment Editor's widget (slicer.modules.SegmentEditorWidget.editor, a qMRMLSegmentEditorWidget):
+    # its saveStateForUndo slot and segmentationNode(). Saved before the run writes anything, so Segment Editor's Undo
+    # takes back this run only; not saved for an editor on another segmentation, nor without an editor widget.
+    saved = []
+
+    class Editor:
+        def __init__(self, node):
+            self.node = node
+
+        def segmentationNode(self):
+            return self.node
+
+        def saveStateForUndo(self):
+            saved.append(self.node.GetSegmentation().GetNumberOfSegments())
+
+    other = gui.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "edited elsewhere")
+    monkeypatch.setattr(slicer.modules, "SegmentEditorWidget", types.SimpleNamespace(editor=Editor(other)), raising=False)
+    gui.widget._saveSegmentEditorState(new_segmentation(gui, "not the editor's"))
+    assert saved == []
+    segmentation = new_segmentation(gui, "the editor's")
+    slicer.modules.SegmentEditorWidget.editor.node = segmentation
+    kidney_box(gui)
+    show_slice(gui, gui.ct.k)
+    in_slice_range(gui)
+    gui.ui.propagateButton.click()
+    run_to_end(gui)
+    assert not gui.errors, gui.errors
+    assert saved == [0]  # once, before the run's segment existed
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    monkeypatch.delattr(slicer.modules, "SegmentEditorWidget")
+    gui.widget._saveSegmentEditorState(segmentation)  # no editor widget made yet: nothing to do, no error
+    assert saved == [0]
 
 
 def test_restart_from_the_shown_slice_replaces_one_side_and_undo_restores(gui):

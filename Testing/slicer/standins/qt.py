@@ -91,6 +91,10 @@ class Qt:
     WaitCursor = 3
 
 
+class QEventLoop:
+    ExcludeUserInputEvents = 0x01  # QEventLoop::ProcessEventsFlag
+
+
 class QProcessEnvironment:
     """What `slicer.app.startupEnvironment()` returns (qSlicerCoreApplication.h:155): `keys()` and `value(name)`."""
 
