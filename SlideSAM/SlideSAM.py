@@ -117,6 +117,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._promptView = None
         self._selectionNode = None
         self._activePlaceNodeID = None
+        self._replacedBoxID = None  # the box a new ROI replaced in the box selector (see _box)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -220,7 +221,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event):
         self._abandonRun("the scene was closed", sceneCloses=True)
         self.logic.clearState()
-        self._promptView = None
+        self._promptView = self._replacedBoxID = None
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -350,7 +351,20 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for selector in selectors:
             current = selector.currentNode()
             if current is not None and current.GetID() == previous and node.GetClassName() == current.GetClassName():
+                if selector is self.ui.boxSelector:
+                    self._replacedBoxID = previous  # Slicer makes the new ROI when the mouse enters a view: see _box
                 selector.setCurrentNode(node)
+
+    def _box(self):
+        """The box Propagate uses. Slicer adds the new ROI as soon as the mouse moves over a view in Place mode
+        (vtkMRMLMarkupsDisplayableManager::GetWidgetForPlacement), so a placement abandoned with Esc leaves the box
+        selector on an ROI without a point: then the box it replaced is used again (and selected again)."""
+        box = self.ui.boxSelector.currentNode()
+        replaced = slicer.mrmlScene.GetNodeByID(self._replacedBoxID) if self._replacedBoxID else None
+        if box is not None and box.GetNumberOfDefinedControlPoints() == 0 and replaced is not None and replaced.GetNumberOfDefinedControlPoints() > 0:
+            self.ui.boxSelector.setCurrentNode(replaced)
+            return replaced
+        return box
 
     def _sliceNodes(self):
         layoutManager = slicer.app.layoutManager()
@@ -418,7 +432,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def prepare():
             volume, segmentation = self.ui.inputVolumeSelector.currentNode(), self.ui.segmentationSelector.currentNode()
-            box, include, exclude = self.ui.boxSelector.currentNode(), self.ui.includePointsSelector.currentNode(), self.ui.excludePointsSelector.currentNode()
+            box, include, exclude = self._box(), self.ui.includePointsSelector.currentNode(), self.ui.excludePointsSelector.currentNode()
             direction, sliceRange, editor = self._options()
             axis, index, view = geometry.pick_prompt_view(volume, self._sliceNodes(), box, include, exclude) if volume else (None, None, None)
             self._promptView = view

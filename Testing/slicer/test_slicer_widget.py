@@ -285,6 +285,32 @@ def test_a_box_is_placed_once_even_after_placing_points(gui):
     assert gui.interaction.GetCurrentInteractionMode() == gui.interaction.ViewTransform  # no third click starts another ROI
 
 
+def test_a_box_placement_abandoned_with_esc_keeps_the_box_propagate_uses(gui, monkeypatch):
+    # Slicer adds the next ROI as soon as the mouse moves over a view in Place mode (the active ROI is full:
+    # vtkMRMLMarkupsDisplayableManager::GetWidgetForPlacement on a MouseMoveEvent) and makes it the active place node;
+    # the box selector follows it. Esc then leaves that ROI without a point: Propagate said "has no area yet".
+    ui, ct = gui.ui, gui.ct
+    new_segmentation(gui, "abandoned")
+    show_slice(gui, ct.k)
+    shortcut(gui, "placeBox").press()
+    first = place_with_two_clicks(gui, *ct.box_ras)
+    shortcut(gui, "placeBox").press()
+    selection = slicer.app.applicationLogic().GetSelectionNode()
+    hover = slicer.modules.markups.logic().AddNewMarkupsNode("vtkMRMLMarkupsROINode")  # the mouse enters a view
+    selection.SetReferenceActivePlaceNodeID(hover.GetID())
+    assert ui.boxSelector.currentNode() is hover
+    gui.interaction.SetCurrentInteractionMode(gui.interaction.ViewTransform)  # Esc
+    used = []
+
+    def prepare(volume, segmentation, segmentId, box=None, **kwargs):
+        used.append(box)
+        raise InputError("stopped by the test")
+
+    monkeypatch.setattr(gui.widget.logic, "prepareSegment", prepare)
+    ui.propagateButton.click()
+    assert used == [first] and ui.boxSelector.currentNode() is first
+
+
 def test_switching_from_include_to_exclude_placing_keeps_both_lists(gui):
     # Persistent placement leaves Slicer in Place mode after each include click; the exclude place button then makes
     # the exclude list the active place node before it sets Place mode (qSlicerMarkupsPlaceWidget::setPlaceModeEnabled),
