@@ -5,16 +5,7 @@ into a segment the annotator did not choose. Real widget code, logic and MRML; Q
 import numpy as np
 
 from SlideSAMSlicer.writer import EditRules, read_segment
-from test_slicer_widget import env, gui, in_slice_range, kidney_box, new_segmentation, run_to_end, show_slice  # noqa: F401  (fixtures)
-
-
-def press_propagate_on_the_kidney(gui):
-    kidney_box(gui)
-    show_slice(gui, gui.ct.k)
-    in_slice_range(gui)
-    gui.ui.propagateButton.click()
-    run_to_end(gui)
-    assert not gui.errors, gui.errors
+from test_slicer_widget import env, gui, new_segmentation, press_propagate_on_the_kidney  # noqa: F401  (fixtures)
 
 
 def test_undoing_a_run_that_made_its_segment_selects_none_not_another_segment(gui):

@@ -157,6 +157,16 @@ def propagate_kidney(gui, name):
     return segmentation
 
 
+def press_propagate_on_the_kidney(gui):
+    """Propagate the kidney box into the selected segmentation and wait for the run's end (no error)."""
+    kidney_box(gui)
+    show_slice(gui, gui.ct.k)
+    in_slice_range(gui)
+    gui.ui.propagateButton.click()
+    run_to_end(gui)
+    assert not gui.errors, gui.errors
+
+
 def refinement_setup(gui, segmentation):
     """After a kidney run: its segment ID and voxels, the slice to refine (k + 1), that slice's exclude and include
     pixels (slicer_data.refinement_clicks), and two empty point lists set as the widget's include / exclude points."""
@@ -404,12 +414,7 @@ def test_segment_editor_saves_its_undo_state_before_a_run_on_its_segmentation(gu
     assert saved == []
     segmentation = new_segmentation(gui, "the editor's")
     slicer.modules.SegmentEditorWidget.editor.node = segmentation
-    kidney_box(gui)
-    show_slice(gui, gui.ct.k)
-    in_slice_range(gui)
-    gui.ui.propagateButton.click()
-    run_to_end(gui)
-    assert not gui.errors, gui.errors
+    press_propagate_on_the_kidney(gui)
     assert saved == [0]  # once, before the run's segment existed
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
     monkeypatch.delattr(slicer.modules, "SegmentEditorWidget")
