@@ -76,6 +76,12 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Thin GUI: collects the prompt and options, runs the logic's job on a worker thread, shows progress."""
 
     POLL_MS = 100
+    # Each tick first waits this long on the worker, releasing the GIL: Slicer's event loop keeps it between ticks, so
+    # the worker's socket transfer otherwise moves only during ticks. Measured with Testing/slicer/gil_harness.py
+    # --large (a 512 x 512 x 300 int16 CT's first run, its upload included; benchmarks/RESULTS_engine_process.md,
+    # session 13): 8.5-9.6 s with no wait, 6.1-6.8 s with 5 ms, 5.5-5.7 s with 10 ms, 5.2 s with the GIL released
+    # throughout. 10 ms of every 100 ms is the GUI's cost while a run goes.
+    POLL_YIELD_S = 0.010
     SOURCE_EMBEDDED, SOURCE_CHECKPOINT, SOURCE_SERVER = range(3)  # model source combo box entries
     # combo box -> the stable key of each entry, in the .ui's order: what the parameter node stores (not the shown text)
     COMBO_KEYS = {
@@ -516,6 +522,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._background is None:  # a tick queued before the run was abandoned
             self._timer.stop()
             return
+        self._background.wait(self.POLL_YIELD_S)
         done, fraction, message = self._background.poll()
         self.ui.progressBar.value = int(round(100 * fraction))
         self.ui.statusLabel.text = message

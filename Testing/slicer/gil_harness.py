@@ -46,14 +46,15 @@ def case(args):
 
     import SimpleITK as sitk
 
-    path = Path(tempfile.gettempdir()) / "slidesam_gil_harness_512x512x300.nrrd"
+    path = Path(tempfile.gettempdir()) / "slidesam_gil_harness_512x512x300_int16.nrrd"
     image = sitk.ReadImage(str(CT))
     size = image.GetSize()
     scale = [s / n for s, n in zip(size, LARGE)]  # old voxels per new voxel, per axis
     if not path.exists():
         spacing = [sp * f for sp, f in zip(image.GetSpacing(), scale)]
         origin = image.TransformContinuousIndexToPhysicalPoint([(f - 1) / 2 for f in scale])
-        large = sitk.Resample(image, list(LARGE), sitk.Transform(), sitk.sitkLinear, origin, spacing, image.GetDirection(), -1024.0)
+        large = sitk.Resample(image, list(LARGE), sitk.Transform(), sitk.sitkLinear, origin, spacing, image.GetDirection(), -1024.0,
+                              sitk.sitkInt16)  # a CT's usual voxel type (example_ct itself is int32)
         sitk.WriteImage(large, str(path), True)
     box = tuple(tuple((c + 0.5) / f - 0.5 for c, f in zip(corner, scale)) for corner in BOX_IJK)
     box = tuple((x, y, float(round(z))) for x, y, z in box)
@@ -143,7 +144,9 @@ def run_job(args, in_process: bool) -> dict:
         if args.gil_free:
             time.sleep(TICK_US / 1e6)
         else:
-            usleep(TICK_US)
+            if args.tick_wait_ms:
+                background.wait(args.tick_wait_ms / 1000)  # the tick lets the worker run (Thread.join releases the GIL)
+            usleep(TICK_US - int(args.tick_wait_ms * 1000))
         ticks += 1
     wall = time.perf_counter() - start
     if background.error is not None:
@@ -167,9 +170,10 @@ def main() -> int:
     parser.add_argument("--range", nargs=2, type=int, default=None, metavar=("A", "B"), help="limit propagation to slices A..B (tests: shorter)")
     parser.add_argument("--large", action="store_true", help="example_ct resampled to 512 x 512 x 300 (a full-size CT's bytes)")
     parser.add_argument("--gil-free", action="store_true", help="engine / inthread: the main thread releases the GIL between ticks")
+    parser.add_argument("--tick-wait-ms", type=float, default=0.0, help="engine / inthread: each tick waits this long on the job first (GIL released)")
     args = parser.parse_args()
     out = run_session(args) if args.mode == "session" else run_job(args, in_process=args.mode == "inthread")
-    out.update(mode=args.mode, encoder=args.encoder, threads=args.threads, pid=os.getpid(), large=args.large, gil_free=args.gil_free,
+    out.update(mode=args.mode, encoder=args.encoder, threads=args.threads, pid=os.getpid(), large=args.large, gil_free=args.gil_free, tick_wait_ms=args.tick_wait_ms,
                model_modules=[m for m in MODEL_MODULES if m in sys.modules])
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if k != "slices"}))
