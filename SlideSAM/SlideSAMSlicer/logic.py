@@ -182,6 +182,8 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         spacing = volumeNode.GetSpacing()  # IJK voxel size: the stop rule measures lengths along the slice axis
         model, server, generation = self._model, self.server, self._generation
         geometryLps = geometry.itk_geometry(volumeNode) if model is None and voxels is not None else None
+        # the engine object now, on the main thread: making it reads the application settings (QSettings)
+        engine = self.engine() if model is None and not server else None
 
         def get():
             with self._modelLock:
@@ -204,7 +206,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
             else:
                 from SlideSAMLib.engine_process import EngineSession
 
-                session = EngineSession(self.engine(), voxels, *geometryLps)
+                session = EngineSession(engine, voxels, *geometryLps)
             with self._modelLock:
                 if generation != self._generation:  # the scene closed meanwhile: its node IDs mean nothing now
                     return session

@@ -71,3 +71,27 @@ def test_a_segmentation_stored_as_surfaces_is_refused_before_any_run(mrml):
     finally:
         for node in (volume, seg):
             mrml.scene.RemoveNode(node)
+
+
+def test_the_local_engine_is_made_on_the_main_thread(mrml, monkeypatch):
+    # Making the engine reads the application settings (slicer.app.settings(), a QSettings of the main thread); the
+    # session itself is made on the worker thread. Session 13's audit: the worker read them.
+    import threading
+
+    from SlideSAMLib.engine_process import EngineSession
+
+    volume = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "v")
+    slicer.util.updateVolumeFromArray(volume, np.zeros(SHAPE, np.int16))
+    logic = SlideSAMLogic()  # no model, no server: the local engine (its process starts on first use, not here)
+    reads, made = [], []
+    monkeypatch.setattr(logic, "engineSettingPython", lambda: reads.append(threading.current_thread()))
+    try:
+        get = logic._sessionGetter(volume)
+        worker = threading.Thread(target=lambda: made.append(get()))
+        worker.start()
+        worker.join()
+        assert isinstance(made[0], EngineSession)
+        assert reads == [threading.main_thread()]
+    finally:
+        logic.stopEngine()
+        mrml.scene.RemoveNode(volume)
