@@ -33,7 +33,7 @@ from SlideSAMSlicer import geometry  # noqa: E402
 from SlideSAMSlicer.logic import DEFAULT_SEGMENT_NAME, DIRECTIONS, SlideSAMLogic  # noqa: E402,F401  (re-exported: the scripting API)
 from SlideSAMSlicer.selftest import SlideSAMTest  # noqa: E402,F401  (Slicer runs <ModuleName>Test from this module)
 from SlideSAMSlicer.shortcuts import SHORTCUTS, shortcuts_help_html  # noqa: E402
-from SlideSAMSlicer.writer import check_editor  # noqa: E402
+from SlideSAMSlicer.writer import check_editor, save_segment_editor_state  # noqa: E402
 
 
 #
@@ -372,6 +372,16 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return replaced
         return box
 
+    def _firstSliceNode(self):
+        """Restart / refine without a prompt view of this session: the Red view, else the first slice view there is
+        (sliceWidget returns None for a name the layout does not have: qMRMLLayoutManager::sliceWidget)."""
+        layoutManager = slicer.app.layoutManager()
+        for name in ["Red"] + list(layoutManager.sliceViewNames()):
+            widget = layoutManager.sliceWidget(name)
+            if widget is not None:
+                return widget.mrmlSliceNode()
+        raise InputError("no slice view is shown: choose a layout with a slice view, show the corrected slice in it, and try again")
+
     def _sliceNodes(self):
         layoutManager = slicer.app.layoutManager()
         return [layoutManager.sliceWidget(name).mrmlSliceNode() for name in layoutManager.sliceViewNames()]
@@ -454,7 +464,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def prepare():
             volume, segmentation = self.ui.inputVolumeSelector.currentNode(), self.ui.segmentationSelector.currentNode()
             direction, sliceRange, editor = self._options()
-            view = self._promptView or slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+            view = self._promptView or self._firstSliceNode()
             axis, index = geometry.slice_view_axis_and_index(volume, view)
             return self.logic.prepareRestart(volume, segmentation, self._segmentId(), index, axis=axis,
                                              direction=direction, sliceRange=sliceRange, editorNode=editor)
@@ -468,7 +478,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def prepare():
             volume, segmentation = self.ui.inputVolumeSelector.currentNode(), self.ui.segmentationSelector.currentNode()
             _direction, sliceRange, editor = self._options()  # a refine propagates both ways
-            view = self._promptView or slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+            view = self._promptView or self._firstSliceNode()
             axis, index = geometry.slice_view_axis_and_index(volume, view)
             clicks = geometry.clicks_on_slice(volume, axis, index, self.ui.includePointsSelector.currentNode(), self.ui.excludePointsSelector.currentNode())
             if not clicks:
@@ -493,7 +503,7 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from SlideSAMSlicer.preview import SegmentPreview
         from SlideSAMSlicer.worker import BackgroundJob
 
-        self._saveSegmentEditorState(job.segmentation_node)
+        save_segment_editor_state(job.segmentation_node)  # Segment Editor's Undo then takes back this run alone
         preview = SegmentPreview(self.logic, job) if job.axis is not None else None  # masks shown as they come
         self._job, self._preview = job, preview
         self._background = BackgroundJob(functools.partial(job.run, slice_done=self._preview.slice_done if self._preview else None)).start()
@@ -502,17 +512,6 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.start()
         self.updateButtons()
         return True
-
-    @staticmethod
-    def _saveSegmentEditorState(segmentationNode):
-        """Segment Editor's Undo then takes back exactly this run, not the run with the effect before it: SlideSAM's
-        writes are not in its history (vtkSegmentationHistory restores the state saved before its last effect).
-        Only where the Segment Editor's widget exists (Slicer sets slicer.modules.SegmentEditorWidget when it is
-        made: qSlicerScriptedLoadableModuleWidget::setPythonSource) and edits this segmentation."""
-        editor = getattr(getattr(slicer.modules, "SegmentEditorWidget", None), "editor", None)
-        node = editor.segmentationNode() if editor is not None else None
-        if node is not None and node.GetID() == segmentationNode.GetID():
-            editor.saveStateForUndo()  # qMRMLSegmentEditorWidget public slot (Slicer 5.6.2 and main)
 
     def onCancel(self):
         if self._background is not None:

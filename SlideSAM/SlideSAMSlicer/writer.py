@@ -60,6 +60,18 @@ def write_segment(array: np.ndarray, segmentation_node, segment_id: str, volume_
         slicer.mrmlScene.RemoveNode(labelmap)
 
 
+def save_segment_editor_state(segmentation_node) -> None:
+    """Save Segment Editor's undo state now, before a run writes, so its Undo takes back exactly that run, not the run
+    with the effect before it: SlideSAM's writes are not in its history (vtkSegmentationHistory restores the state
+    saved before its last effect). Only where the Segment Editor's widget exists (Slicer sets
+    slicer.modules.SegmentEditorWidget when it makes it: qSlicerScriptedLoadableModuleWidget::setPythonSource) and
+    edits this segmentation."""
+    editor = getattr(getattr(slicer.modules, "SegmentEditorWidget", None), "editor", None)
+    node = editor.segmentationNode() if editor is not None else None
+    if node is not None and node.GetID() == segmentation_node.GetID():
+        editor.saveStateForUndo()  # qMRMLSegmentEditorWidget public slot (Slicer 5.6.2 and main)
+
+
 def stack_view(array: np.ndarray, axis: int) -> np.ndarray:
     """A view of a (k, j, i) array with IJK `axis` first (the engine's slice stack order)."""
     return np.moveaxis(array, 2 - axis, 0)

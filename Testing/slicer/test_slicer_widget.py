@@ -18,7 +18,7 @@ import SlideSAM
 from SlideSAMLib.errors import InputError
 from SlideSAMSlicer import geometry
 from SlideSAMSlicer.shortcuts import SHORTCUTS
-from SlideSAMSlicer.writer import EditRules, read_segment
+from SlideSAMSlicer.writer import EditRules, read_segment, save_segment_editor_state
 from slicer_data import dice, lps_to_ras, refinement_clicks
 
 RANGE = 4  # slices each side of the prompt: keeps the encoder cost of this module small
@@ -36,7 +36,8 @@ def env(mrml, data_dir, slidesam_model):
         views[name] = mrml.scene.AddNewNodeByClass("vtkMRMLSliceNode", name)
         views[name].SetLayoutName(name)
     layout = types.SimpleNamespace(sliceViewNames=lambda: list(views),
-                                   sliceWidget=lambda name: types.SimpleNamespace(mrmlSliceNode=lambda: views[name]))
+                                   # None for a name the layout does not have, as qMRMLLayoutManager::sliceWidget
+                                   sliceWidget=lambda name: types.SimpleNamespace(mrmlSliceNode=lambda: views[name]) if name in views else None)
     errors = []  # what the user was shown
     settings = qt.QSettings()  # the application settings (Slicer.ini)
 
@@ -321,6 +322,18 @@ def test_a_box_placement_abandoned_with_esc_keeps_the_box_propagate_uses(gui, mo
     assert used == [first] and ui.boxSelector.currentNode() is first
 
 
+def test_restart_without_a_red_view_uses_the_first_slice_view(gui, monkeypatch):
+    # A layout without a view named Red (a custom layout): sliceWidget("Red") is None; it raised AttributeError.
+    yellow = gui.scene.GetFirstNodeByName("Yellow")
+    only_yellow = types.SimpleNamespace(sliceViewNames=lambda: ["Yellow"],
+                                        sliceWidget=lambda name: types.SimpleNamespace(mrmlSliceNode=lambda: yellow) if name == "Yellow" else None)
+    monkeypatch.setattr(slicer.app, "layoutManager", lambda: only_yellow)
+    assert gui.widget._firstSliceNode() is yellow
+    monkeypatch.setattr(slicer.app, "layoutManager", lambda: types.SimpleNamespace(sliceViewNames=lambda: [], sliceWidget=lambda name: None))
+    with pytest.raises(InputError, match="^no slice view is shown"):
+        gui.widget._firstSliceNode()
+
+
 def test_switching_from_include_to_exclude_placing_keeps_both_lists(gui):
     # Persistent placement leaves Slicer in Place mode after each include click; the exclude place button then makes
     # the exclude list the active place node before it sets Place mode (qSlicerMarkupsPlaceWidget::setPlaceModeEnabled),
@@ -410,7 +423,7 @@ def test_segment_editor_saves_its_undo_state_before_a_run_on_its_segmentation(gu
 
     other = gui.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "edited elsewhere")
     monkeypatch.setattr(slicer.modules, "SegmentEditorWidget", types.SimpleNamespace(editor=Editor(other)), raising=False)
-    gui.widget._saveSegmentEditorState(new_segmentation(gui, "not the editor's"))
+    save_segment_editor_state(new_segmentation(gui, "not the editor's"))
     assert saved == []
     segmentation = new_segmentation(gui, "the editor's")
     slicer.modules.SegmentEditorWidget.editor.node = segmentation
@@ -418,7 +431,7 @@ def test_segment_editor_saves_its_undo_state_before_a_run_on_its_segmentation(gu
     assert saved == [0]  # once, before the run's segment existed
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
     monkeypatch.delattr(slicer.modules, "SegmentEditorWidget")
-    gui.widget._saveSegmentEditorState(segmentation)  # no editor widget made yet: nothing to do, no error
+    save_segment_editor_state(segmentation)  # no editor widget made yet: nothing to do, no error
     assert saved == [0]
 
 
