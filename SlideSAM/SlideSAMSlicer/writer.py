@@ -27,17 +27,15 @@ def read_segment(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
 
 
 def write_segment(array: np.ndarray, segmentation_node, segment_id: str, volume_node) -> None:
-    """Replace a segment by a (k, j, i) array on the volume's grid."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    if volume_node.GetParentTransformNode() is segmentation_node.GetParentTransformNode():
-        slicer.util.updateSegmentBinaryLabelmapFromArray(array, segmentation_node, segment_id, volume_node)
-        return
-    # The volume and the segmentation sit under different transforms (a registered volume, a new segmentation).
-    # updateSegmentBinaryLabelmapFromArray would apply the transform between them twice: its temporary labelmap takes
-    # the volume's transform (vtkSlicerVolumesLogic::CreateLabelVolumeFromVolume), and
-    # vtkSlicerSegmentationsModuleLogic::ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode,
-    # updatedSegmentIDs) transforms the image and then passes the same transform on to be applied again (Slicer 5.6.2
-    # and main, 2026-08). So the labelmap is given the segmentation's frame here and imported with no transform.
+    """Replace a segment by a (k, j, i) array on the volume's grid.
+
+    Not slicer.util.updateSegmentBinaryLabelmapFromArray: where the volume and the segmentation sit under different
+    transforms (a registered volume, a new segmentation) it applies the transform between them twice. Its temporary
+    labelmap takes the volume's transform (vtkSlicerVolumesLogic::CreateLabelVolumeFromVolume), and
+    vtkSlicerSegmentationsModuleLogic::ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode,
+    updatedSegmentIDs) transforms the image, then passes the same transform on to be applied again (Slicer 5.6.2 and
+    main, 2026-08). It also deep-copies the grey volume for each write. Here the labelmap is made in the
+    segmentation's own frame (the volume's IJK-to-RAS moved there), so the import applies no transform."""
     to_segmentation = vtk.vtkMatrix4x4()
     if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
             volume_node.GetParentTransformNode(), segmentation_node.GetParentTransformNode(), to_segmentation):
@@ -50,7 +48,7 @@ def write_segment(array: np.ndarray, segmentation_node, segment_id: str, volume_
     labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__temp__")
     try:
         labelmap.SetAndObserveTransformNodeID(segmentation_node.GetTransformNodeID())
-        slicer.util.updateVolumeFromArray(labelmap, array)
+        slicer.util.updateVolumeFromArray(labelmap, np.ascontiguousarray(array, dtype=np.uint8))
         labelmap.SetIJKToRASMatrix(ijk_to_segmentation)
         ids = vtk.vtkStringArray()
         ids.InsertNextValue(segment_id)
