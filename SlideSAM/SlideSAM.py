@@ -149,6 +149,8 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.segmentSelector.setCurrentNode)
         self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.updateParameterNodeFromGUI)
         self.ui.boxSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.boxPlaceWidget.setCurrentNode)
+        # A new box (made here, in the selector, or by Slicer when placing again) takes the volume's axes before its clicks
+        self.ui.boxSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: geometry.align_roi_to_volume(node, self.ui.inputVolumeSelector.currentNode()))
         self.ui.includePointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.includePlaceWidget.setCurrentNode)
         self.ui.excludePointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.excludePlaceWidget.setCurrentNode)
         for key, (name, kind) in self.SETTINGS.items():
@@ -334,6 +336,8 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if "exclude" in name:
                 node.GetDisplayNode().SetSelectedColor(0.9, 0.2, 0.2)
             selector.setCurrentNode(node)
+        if className == "vtkMRMLMarkupsROINode":
+            geometry.align_roi_to_volume(selector.currentNode(), self.ui.inputVolumeSelector.currentNode())
         placeWidget.setCurrentNode(selector.currentNode())
         placeWidget.setPlaceModeEnabled(True)
 
@@ -373,18 +377,20 @@ class SlideSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return box
 
     def _firstSliceNode(self):
-        """Restart / refine without a prompt view of this session: the Red view, else the first slice view there is
-        (sliceWidget returns None for a name the layout does not have: qMRMLLayoutManager::sliceWidget)."""
-        layoutManager = slicer.app.layoutManager()
-        for name in ["Red"] + list(layoutManager.sliceViewNames()):
-            widget = layoutManager.sliceWidget(name)
-            if widget is not None:
-                return widget.mrmlSliceNode()
-        raise InputError("no slice view is shown: choose a layout with a slice view, show the corrected slice in it, and try again")
+        """Restart / refine without a prompt view of this session: the first of _sliceNodes (Red when it is shown)."""
+        nodes = self._sliceNodes()
+        if not nodes:
+            raise InputError("no slice view is shown: choose a layout with a slice view, show the corrected slice in it, and try again")
+        return nodes[0]
 
     def _sliceNodes(self):
+        """The slice views, those shown in the layout first and Red first among equals. sliceViewNames() is in no set
+        order (the keys of qMRMLLayoutViewFactory's QHash) and also names the views of earlier layouts, kept unmapped
+        (beginSetupLayout: SetMappedInLayout(false)); sliceWidget returns None for a name the layout does not have."""
         layoutManager = slicer.app.layoutManager()
-        return [layoutManager.sliceWidget(name).mrmlSliceNode() for name in layoutManager.sliceViewNames()]
+        widgets = [layoutManager.sliceWidget(name) for name in layoutManager.sliceViewNames()]
+        nodes = [widget.mrmlSliceNode() for widget in widgets if widget is not None]
+        return sorted(nodes, key=lambda node: (not node.IsViewVisibleInLayout(), node.GetLayoutName() != "Red"))
 
     # -- runs ------------------------------------------------------------------------------
     def _applyModelSource(self):

@@ -125,6 +125,43 @@ def roi_corners_ras(roi_node) -> np.ndarray:
     return centre + (signs * half) @ axes
 
 
+def align_roi_to_volume(roi_node, volume_node) -> bool:
+    """Turn an ROI that has no point yet to the volume's voxel axes, so that two clicks give the rectangle drawn.
+
+    Slicer's two-click box is the bounding box of the clicks in the ROI's own axes (the rotation of its
+    ObjectToNodeMatrix: vtkMRMLMarkupsROINode::UpdateBoundingBoxROIFromControlPoints, v5.6.2 to main), and a new ROI's
+    axes are RAS; placing never changes them (vtkSlicerMarkupsWidget / vtkSlicerROIWidget do not touch that matrix).
+    On a volume rotated against RAS an RAS box around the clicks is larger than the rectangle drawn in a view rotated
+    to the volume (a square at 15 degrees: 1 x 1.37 of its side). Axes of a sheared volume become the nearest
+    rotation. An ROI already placed, or under a non-linear transform, is left as it is. True when it was turned."""
+    if roi_node is None or volume_node is None or roi_node.GetNumberOfDefinedControlPoints() > 0:
+        return False
+    parent = roi_node.GetParentTransformNode()
+    world_to_node = np.eye(4)
+    if parent is not None:
+        if not parent.IsTransformToWorldLinear():
+            return False
+        to_world = vtk.vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(to_world)
+        world_to_node = np.linalg.inv(_matrix_to_array(to_world))
+    try:
+        directions = world_to_node[:3, :3] @ ijk_to_world(volume_node)[:3, :3]
+    except InputError:  # a volume under a warping transform: Propagate says so, in one line
+        return False
+    u, _, vt = np.linalg.svd(directions / np.linalg.norm(directions, axis=0))
+    rotation = u @ vt  # the nearest rotation (polar decomposition); a flipped axis keeps its sign ...
+    if np.linalg.det(rotation) < 0:
+        rotation[:, 2] *= -1  # ... except that the ROI's axes must be right-handed (a box's bounds ignore the sign)
+    object_to_node = _matrix_to_array(roi_node.GetObjectToNodeMatrix())
+    object_to_node[:3, :3] = rotation
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, object_to_node[r, c])
+    roi_node.SetAndObserveObjectToNodeMatrix(matrix)
+    return True
+
+
 def roi_slice_axis(volume_node, roi_node) -> int:
     """The IJK axis of an ROI's thinnest side (in mm, along the ROI's own axes); an ROI that does not say which of
     two sides is its thickness, or one oblique to the voxel grid, raises InputError."""

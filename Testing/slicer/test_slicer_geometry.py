@@ -1,4 +1,6 @@
 """RAS <-> IJK and slice-view alignment on real MRML nodes (no model needed)."""
+import math
+
 import numpy as np
 import pytest
 import slicer
@@ -142,6 +144,52 @@ def test_a_two_click_roi_without_its_view_is_refused_not_guessed(mrml, grid, spa
     prompt = geometry.engine_prompt(node, box=roi, axis=axis, index=corners[0][axis])
     lo, hi = np.array(prompt.box_ijk)
     np.testing.assert_allclose([lo, hi], [np.minimum(*corners), np.maximum(*corners)], atol=1e-6)
+
+
+@pytest.fixture
+def turned(mrml, volume):
+    """The CT's voxels with axes turned 15 degrees about S (in the axial plane), 0.8 x 0.8 x 2.5 mm."""
+    node = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "turned 15")
+    node.SetAndObserveImageData(volume.GetImageData())
+    t = vtk.vtkTransform()
+    t.Translate(-40, 25, -90)
+    t.RotateZ(15)
+    t.Scale(0.8, 0.8, 2.5)
+    node.SetIJKToRASMatrix(t.GetMatrix())
+    return node
+
+
+@pytest.mark.parametrize("align, grows", [(False, True), (True, False)])
+def test_a_two_click_roi_on_a_turned_volume_gives_the_rectangle_drawn_once_aligned(mrml, turned, align, grows):
+    # A 40 x 40 voxel square drawn on axial slice 50 of a volume turned 15 degrees against RAS (a view rotated to it).
+    roi = mrml.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "turned box")
+    if align:  # else the new ROI keeps the axes Slicer gives it: RAS
+        assert geometry.align_roi_to_volume(roi, turned)
+    for corner in geometry.ijk_to_ras(turned, [[30, 20, 50], [70, 60, 50]]):
+        roi.AddControlPointWorld(*corner)  # what placing does: the real node makes the box
+    lo, hi = np.array(geometry.engine_prompt(turned, box=roi, axis=2, index=50).box_ijk)
+    side = hi[:2] - lo[:2]
+    if grows:  # the RAS box with the two clicks as its diagonal, turned back to the voxel axes: 1 x 1.37 of the square
+        np.testing.assert_allclose(sorted(side), [40, 40 * (1 + math.sqrt(3)) / 2], atol=1e-6)  # 40 x 54.6 voxels
+    else:
+        np.testing.assert_allclose([lo[:2], hi[:2]], [[30, 20], [70, 60]], atol=1e-6)
+    assert not geometry.align_roi_to_volume(roi, turned)  # placed: left as it is
+
+
+def test_aligning_an_roi_under_a_transform_and_on_a_flipped_volume(mrml, oblique):
+    transform = mrml.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    t = vtk.vtkTransform()
+    t.RotateX(40)
+    transform.SetMatrixTransformToParent(t.GetMatrix())
+    roi = mrml.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "under a transform")
+    roi.SetAndObserveTransformNodeID(transform.GetID())
+    assert geometry.align_roi_to_volume(roi, oblique)  # oblique: flipped I axis, rotated, anisotropic
+    directions = geometry.ijk_to_world(oblique)[:3, :3]
+    directions = directions / np.linalg.norm(directions, axis=0)
+    for axis, getter in enumerate((roi.GetXAxisWorld, roi.GetYAxisWorld, roi.GetZAxisWorld)):
+        world = [0.0] * 3
+        getter(world)
+        assert abs(abs(np.dot(world, directions[:, axis])) - 1) < 1e-9
 
 
 def test_a_thin_roi_gives_its_thinnest_side_in_mm(mrml, grid):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import qt
 import slicer
+import vtk
 from uiwidgets import PlaceWidget, load_ui
 
 import SlideSAM
@@ -324,7 +325,7 @@ def test_a_box_placement_abandoned_with_esc_keeps_the_box_propagate_uses(gui, mo
 
 def test_restart_without_a_red_view_uses_the_first_slice_view(gui, monkeypatch):
     # A layout without a view named Red (a custom layout): sliceWidget("Red") is None; it raised AttributeError.
-    yellow = gui.scene.GetFirstNodeByName("Yellow")
+    yellow = gui.views["Yellow"]  # (the scene's first node named Yellow is a colour table)
     only_yellow = types.SimpleNamespace(sliceViewNames=lambda: ["Yellow"],
                                         sliceWidget=lambda name: types.SimpleNamespace(mrmlSliceNode=lambda: yellow) if name == "Yellow" else None)
     monkeypatch.setattr(slicer.app, "layoutManager", lambda: only_yellow)
@@ -332,6 +333,32 @@ def test_restart_without_a_red_view_uses_the_first_slice_view(gui, monkeypatch):
     monkeypatch.setattr(slicer.app, "layoutManager", lambda: types.SimpleNamespace(sliceViewNames=lambda: [], sliceWidget=lambda name: None))
     with pytest.raises(InputError, match="^no slice view is shown"):
         gui.widget._firstSliceNode()
+
+
+def test_views_shown_in_the_layout_are_tried_first_and_red_among_equals(gui, monkeypatch):
+    # sliceViewNames() is in no set order (the keys of qMRMLLayoutViewFactory's QHash) and still names the views of
+    # earlier layouts, unmapped (qMRMLLayoutViewFactory::beginSetupLayout). A click where the hidden Red plane crosses
+    # the shown Yellow one was taken as an axial prompt when Red came first.
+    views, ct = gui.views, gui.ct
+    names = ["Green", "Yellow", "Red"]
+    layout = types.SimpleNamespace(sliceViewNames=lambda: names,
+                                   sliceWidget=lambda name: types.SimpleNamespace(mrmlSliceNode=lambda: views[name]) if name in views else None)
+    monkeypatch.setattr(slicer.app, "layoutManager", lambda: layout)
+    assert gui.widget._sliceNodes()[0] is views["Red"]  # none mapped (this harness): Red first among equals
+    click = ras_of(ct, (60, 50, ct.k))
+    for view in views.values():
+        view.JumpSliceByOffsetting(*click)
+    assert geometry.pick_prompt_view(ct.node, gui.widget._sliceNodes(), points=[(click, True)])[2] is views["Red"]
+    try:
+        for name in names:
+            views[name].SetMappedInLayout(name != "Red")  # a layout with Green and Yellow only (Red kept, hidden)
+        assert gui.widget._sliceNodes() == [views["Green"], views["Yellow"], views["Red"]]
+        assert gui.widget._firstSliceNode() is views["Green"]
+        axis, _, view = geometry.pick_prompt_view(ct.node, gui.widget._sliceNodes(), points=[(click, True)])
+        assert view is views["Green"] and axis == 1
+    finally:
+        for view in views.values():
+            view.SetMappedInLayout(False)
 
 
 def test_switching_from_include_to_exclude_placing_keeps_both_lists(gui):
@@ -385,6 +412,42 @@ def test_drawing_a_new_box_replaces_the_box_propagate_uses(gui, monkeypatch, how
     monkeypatch.setattr(gui.widget.logic, "prepareSegment", prepare)
     ui.propagateButton.click()
     np.testing.assert_allclose(used[0], [(i0 + 5, j0 + 4, ct.k), (i1 - 3, j1 - 6, ct.k)], atol=1e-6)
+
+
+def test_a_box_drawn_on_a_volume_turned_against_ras_is_the_rectangle_drawn(gui, monkeypatch):
+    # Slicer's two-click box is the bounding box of the clicks in the ROI's own axes, RAS for a new ROI
+    # (vtkMRMLMarkupsROINode::UpdateBoundingBoxROIFromControlPoints): on a volume turned 15 degrees about S the
+    # rectangle drawn became 1 x 1.37 of its size. Each new box, ours or the one Slicer makes when placing again,
+    # now takes the volume's axes before its clicks.
+    ui, ct = gui.ui, gui.ct
+    turned = gui.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "turned CT")
+    turned.SetAndObserveImageData(ct.node.GetImageData())
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    ct.node.GetIJKToRASMatrix(ijk_to_ras)
+    rotation = vtk.vtkTransform()
+    rotation.RotateZ(15)
+    vtk.vtkMatrix4x4.Multiply4x4(rotation.GetMatrix(), ijk_to_ras, ijk_to_ras)
+    turned.SetIJKToRASMatrix(ijk_to_ras)
+    segmentation = gui.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "turned")
+    ui.inputVolumeSelector.setCurrentNode(turned)
+    ui.segmentationSelector.setCurrentNode(segmentation)
+    (i0, j0, _), (i1, j1, _) = ct.box_ijk
+    drawn = [[(i0, j0, ct.k), (i1, j1, ct.k)], [(i0 + 5, j0 + 4, ct.k), (i1 - 3, j1 - 6, ct.k)]]
+    gui.views["Red"].JumpSliceByOffsetting(*geometry.ijk_to_ras(turned, [[10, 10, ct.k]])[0])
+    used = []
+
+    def prepare(volume, segmentation, segmentId, box=None, **kwargs):
+        used.append(geometry.engine_prompt(volume, box, axis=kwargs["axis"], index=kwargs["sliceIndex"]).box_ijk)
+        raise InputError("stopped by the test")
+
+    monkeypatch.setattr(gui.widget.logic, "prepareSegment", prepare)
+    boxes = []
+    for corners in drawn:  # the first box is made by the shortcut, the second by Slicer when placing again
+        shortcut(gui, "placeBox").press()
+        boxes.append(place_with_two_clicks(gui, *geometry.ijk_to_ras(turned, corners)))
+        ui.propagateButton.click()
+    assert boxes[0] is not boxes[1] and ui.boxSelector.currentNode() is boxes[1]
+    np.testing.assert_allclose(used, drawn, atol=1e-6)
 
 
 def test_propagate_button_writes_the_kidney_into_a_new_segment(gui):
