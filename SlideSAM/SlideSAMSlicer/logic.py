@@ -13,7 +13,7 @@ from SlideSAMLib.contract import RefineRequest, RestartRequest, SegmentRequest
 from SlideSAMLib.errors import InputError
 from SlideSAMSlicer import dependencies, geometry
 from SlideSAMSlicer.jobs import PropagationJob, RunReport
-from SlideSAMSlicer.writer import EditRules, SegmentWriter, read_segment, stack_view
+from SlideSAMSlicer.writer import EditRules, SegmentWriter, check_grid, read_segment, stack_view
 
 DIRECTIONS = ("both", "up", "down")
 DEFAULT_SEGMENT_NAME = "SlideSAM"
@@ -224,7 +224,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
 
     # -- checks -----------------------------------------------------------------
     @staticmethod
-    def _checkNodes(volumeNode, segmentationNode):
+    def _checkNodes(volumeNode, segmentationNode, segmentId=None):
         if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
             raise InputError("no input volume: select a loaded scalar volume")
         if volumeNode.GetImageData().GetNumberOfScalarComponents() != 1:
@@ -240,6 +240,10 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
             raise InputError(
                 f"segmentation '{segmentationNode.GetName()}' is stored as '{source}', not as a binary labelmap: make binary "
                 "labelmap its source representation (Segmentations module, Representations), or choose another segmentation")
+        segmentation = segmentationNode.GetSegmentation()
+        if segmentId and segmentation.GetSegment(segmentId) is None:
+            segmentId = segmentation.GetSegmentIdBySegmentName(segmentId)  # as _targetSegment finds it
+        check_grid(segmentationNode, [segmentId], volumeNode)  # before the run, not after it (the writer checks again)
 
     @staticmethod
     def _checkDirection(direction):
@@ -249,7 +253,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
     # -- jobs (prepare on the main thread, run anywhere, apply on the main thread) ---
     def prepareSegment(self, volumeNode, segmentationNode, segmentId=None, box=None, points=None, excludePoints=None,
                        direction="both", sliceRange=None, axis=None, sliceIndex=None, editorNode=None):
-        self._checkNodes(volumeNode, segmentationNode)
+        self._checkNodes(volumeNode, segmentationNode, segmentId)
         self._checkDirection(direction)
         prompt = geometry.engine_prompt(volumeNode, box, points, excludePoints, geometry.resolve_axis(volumeNode, axis), sliceIndex)
         if prompt.box_ijk is None and not prompt.points_ijk:
@@ -259,7 +263,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
                               editor_node=editorNode, get_session=self._sessionGetter(volumeNode))
 
     def prepareRestart(self, volumeNode, segmentationNode, segmentId, slice, axis=None, direction="both", sliceRange=None, editorNode=None):
-        self._checkNodes(volumeNode, segmentationNode)
+        self._checkNodes(volumeNode, segmentationNode, segmentId)
         self._checkDirection(direction)
         ax, stack, largest = self._segmentStack(volumeNode, segmentationNode, segmentId, axis, "corrected")
         index = geometry.slice_of(volumeNode, slice, ax)
@@ -293,7 +297,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
 
         points: [(ras, isInclude), ...] or a markups point list (selected points include, unselected exclude); excludePoints:
         a point list (or [(ras, _)]) of exclude clicks. axis: as in segment(); default the axis of this segment's last run, else K."""
-        self._checkNodes(volumeNode, segmentationNode)
+        self._checkNodes(volumeNode, segmentationNode, segmentId)
         ax, stack, largest = self._segmentStack(volumeNode, segmentationNode, segmentId, axis, "want to refine")
         if not largest:
             raise InputError(f"segment '{segmentId}' is empty: propagate first, then refine the result with clicks")

@@ -15,6 +15,7 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 import slicer
 import vtk
+from vtk.util.numpy_support import vtk_to_numpy
 
 from SlideSAMLib.errors import InputError
 
@@ -24,6 +25,58 @@ MAX_UNDO_STEPS = 10
 def read_segment(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
     """A uint8 copy of a segment on the volume's grid."""
     return (slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node) > 0).astype(np.uint8)
+
+
+def _ijk_to_segmentation(volume_node, segmentation_node) -> vtk.vtkMatrix4x4:
+    """The volume's IJK-to-RAS moved into the segmentation's own frame (its parent transform), linear only."""
+    to_segmentation = vtk.vtkMatrix4x4()
+    if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
+            volume_node.GetParentTransformNode(), segmentation_node.GetParentTransformNode(), to_segmentation):
+        raise InputError(
+            f"'{volume_node.GetName()}' and '{segmentation_node.GetName()}' are under different transforms and the one between "
+            "them is not linear: put the segmentation under the volume's transform, or harden the transform (Data module)")
+    ijk_to_segmentation = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(ijk_to_segmentation)
+    vtk.vtkMatrix4x4.Multiply4x4(to_segmentation, ijk_to_segmentation, ijk_to_segmentation)
+    return ijk_to_segmentation
+
+
+def _as_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def check_grid(segmentation_node, segment_ids: Iterable[str], volume_node) -> None:
+    """Refuse, in one line, to rewrite a segment that holds voxels on another grid than the volume's.
+
+    A run is written on the volume's voxel grid, and the whole segment is replaced (ImportLabelmapToSegmentationNode
+    gives it the imported labelmap's geometry: vtkSlicerSegmentationsModuleLogic.cxx, `AddRepresentation`). A segment
+    stored on another grid (an oversampled segmentation, one made on another volume) would be resampled everywhere,
+    not only on the slices the run replaces. A segment on the same lattice (a cropped extent of it) or empty is fine."""
+    segmentation = segmentation_node.GetSegmentation()
+    volume = _as_array(_ijk_to_segmentation(volume_node, segmentation_node))
+    to_volume_ijk = np.linalg.inv(volume)
+    spacing = np.linalg.norm(volume[:3, :3], axis=0)
+    name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    for sid in segment_ids:
+        segment = segmentation.GetSegment(sid) if sid else None
+        stored = segment.GetRepresentation(name) if segment is not None else None
+        if stored is None or stored.IsEmpty() or stored.GetPointData().GetScalars() is None:
+            continue
+        matrix = vtk.vtkMatrix4x4()
+        stored.GetImageToWorldMatrix(matrix)  # in the segmentation's frame
+        grid = _as_array(matrix)
+        offset = (to_volume_ijk @ grid[:, 3])[:3]  # its voxel 0 in the volume's IJK: whole numbers on the same lattice
+        if np.allclose(grid[:3, :3], volume[:3, :3], atol=1e-4 * float(spacing.min())) and np.allclose(offset, np.rint(offset), atol=1e-3):
+            continue
+        scalars = vtk_to_numpy(stored.GetPointData().GetScalars())
+        if not np.any(scalars == segment.GetLabelValue()):
+            continue  # nothing stored: nothing to lose
+        own = "x".join(f"{v:.3g}" for v in np.linalg.norm(grid[:3, :3], axis=0))
+        theirs = "x".join(f"{v:.3g}" for v in spacing)
+        raise InputError(
+            f"segment '{segment.GetName()}' of '{segmentation_node.GetName()}' is stored on another voxel grid ({own} mm) than "
+            f"'{volume_node.GetName()}' ({theirs} mm), and SlideSAM writes on the volume's grid, which would resample all of it: "
+            f"write into a new segment, or resample the segmentation onto '{volume_node.GetName()}' (Segment Editor: Specify geometry)")
 
 
 def write_segment(array: np.ndarray, segmentation_node, segment_id: str, volume_node) -> None:
@@ -36,15 +89,7 @@ def write_segment(array: np.ndarray, segmentation_node, segment_id: str, volume_
     updatedSegmentIDs) transforms the image, then passes the same transform on to be applied again (Slicer 5.6.2 and
     main, 2026-08). It also deep-copies the grey volume for each write. Here the labelmap is made in the
     segmentation's own frame (the volume's IJK-to-RAS moved there), so the import applies no transform."""
-    to_segmentation = vtk.vtkMatrix4x4()
-    if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
-            volume_node.GetParentTransformNode(), segmentation_node.GetParentTransformNode(), to_segmentation):
-        raise InputError(
-            f"'{volume_node.GetName()}' and '{segmentation_node.GetName()}' are under different transforms and the one between "
-            "them is not linear: put the segmentation under the volume's transform, or harden the transform (Data module)")
-    ijk_to_segmentation = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASMatrix(ijk_to_segmentation)
-    vtk.vtkMatrix4x4.Multiply4x4(to_segmentation, ijk_to_segmentation, ijk_to_segmentation)
+    ijk_to_segmentation = _ijk_to_segmentation(volume_node, segmentation_node)
     labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__temp__")
     try:
         labelmap.SetAndObserveTransformNodeID(segmentation_node.GetTransformNodeID())
@@ -222,6 +267,7 @@ class SegmentWriter:
                     others_new[sid] = other
         changed = [int(s) for s in range(new_stack.shape[0]) if not np.array_equal(new_stack[s], cur_stack[s])]
         writes = ([(segment_id, new)] if changed else []) + list(others_new.items())
+        check_grid(segmentation_node, [sid for sid, _ in writes], volume_node)  # before anything is written
         done = []
         was_modifying = segmentation_node.StartModify()
         try:

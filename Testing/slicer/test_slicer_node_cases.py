@@ -95,3 +95,75 @@ def test_the_local_engine_is_made_on_the_main_thread(mrml, monkeypatch):
     finally:
         logic.stopEngine()
         mrml.scene.RemoveNode(volume)
+
+
+def _import(mrml, seg, name, array, ijk_to_ras):
+    """A segment made from a labelmap on its own grid (ijk_to_ras), as Slicer imports one."""
+    labelmap = mrml.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+    slicer.util.updateVolumeFromArray(labelmap, array.astype(np.uint8))
+    labelmap.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
+    before = set(seg.GetSegmentation().GetSegmentIDs())
+    assert slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, seg)
+    mrml.scene.RemoveNode(labelmap)
+    (sid,) = set(seg.GetSegmentation().GetSegmentIDs()) - before
+    seg.GetSegmentation().GetSegment(sid).SetName(name)
+    return sid
+
+
+def _stored(seg, sid):
+    image = slicer.vtkOrientedImageData()
+    seg.GetBinaryLabelmapRepresentation(sid, image)
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    return slicer.util.arrayFromVTKMatrix(m), image.GetExtent(), vtk_to_numpy(image.GetPointData().GetScalars()).copy()
+
+
+def test_a_segment_on_another_grid_is_refused_not_resampled_and_one_on_the_same_lattice_is_written(mrml):
+    # The writer replaces a whole segment with a labelmap on the volume's grid; a segment stored on a finer grid (an
+    # oversampled segmentation) would be resampled on every slice, not only those the run replaces.
+    from SlideSAMSlicer.writer import EditRules, SegmentWriter, check_grid
+
+    volume = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    slicer.util.updateVolumeFromArray(volume, np.zeros(SHAPE, np.int16))
+    volume.SetSpacing(0.8, 0.8, 2.5)
+    grid = np.diag([0.8, 0.8, 2.5, 1.0])
+    seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "oversampled")
+    seg.CreateDefaultDisplayNodes()
+    fine_array = np.zeros((SHAPE[0], SHAPE[1] * 2, SHAPE[2] * 2), np.uint8)
+    fine_array[1:3, 11:19, 13:27] = 1  # edges that fall between the volume's voxels
+    fine = _import(mrml, seg, "fine", fine_array, np.diag([0.4, 0.4, 2.5, 1.0]))  # Specify geometry, oversampling 2
+    cropped = np.zeros((2, 5, 6), np.uint8)
+    cropped[:, 1:4, 2:5] = 1
+    shifted = grid.copy()
+    shifted[:3, 3] = grid[:3, :3] @ [10, 4, 3]  # a sub-block of the volume's grid: voxel (10, 4, 3) first
+    same = _import(mrml, seg, "same lattice", cropped, shifted)
+    empty = seg.GetSegmentation().AddEmptySegment("empty", "empty")
+    try:
+        with pytest.raises(InputError, match=r"^segment 'fine' of 'oversampled' is stored on another voxel grid \(0.4x0.4x2.5 mm\) than 'CT' \(0.8x0.8x2.5 mm\).*Specify geometry\)$") as error:
+            SlideSAMLogic._checkNodes(volume, seg, "fine")  # by name, as the panel may give it
+        assert "\n" not in str(error.value)
+        SlideSAMLogic._checkNodes(volume, seg, same)
+        SlideSAMLogic._checkNodes(volume, seg, empty)
+        check_grid(seg, [same, empty, None, ""], volume)
+        # The writer refuses too (a run whose overwrite mode would take voxels from the fine segment), before writing
+        before = {sid: _stored(seg, sid) for sid in (fine, same)}
+        mask = np.zeros(SHAPE, bool)
+        mask[2, 4:12, 5:15] = True
+        writer = SegmentWriter()
+        with pytest.raises(InputError, match="^segment 'fine'"):
+            writer.apply(volume, seg, same, 2, {2: mask[2]}, [2], EditRules(overwritten_ids=[fine]))
+        for sid in (fine, same):
+            matrix, extent, voxels = _stored(seg, sid)
+            np.testing.assert_allclose(matrix, before[sid][0])
+            assert extent == before[sid][1] and np.array_equal(voxels, before[sid][2])
+        assert not writer.can_undo(seg)
+        # Without the fine segment in the way, the same-lattice segment is written: its slice 2 replaced, slice 3 kept
+        writer.apply(volume, seg, same, 2, {2: mask[2]}, [2], EditRules())
+        result = read_segment(seg, same, volume)
+        expected = np.zeros(SHAPE, np.uint8)
+        expected[3:5, 5:8, 12:15] = 1  # the cropped block at voxel (10, 4, 3): slices 3-4
+        expected[2] = mask[2]
+        np.testing.assert_array_equal(result, expected)
+    finally:
+        for node in (volume, seg):
+            mrml.scene.RemoveNode(node)
