@@ -169,9 +169,14 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _imageKey(volumeNode):
+        """What a volume's session depends on: its voxels (modification times) and its voxel size (the session was given
+        the spacing when it was made, and the stop rule measures mm along the slice axis; the Volumes module edits it in
+        place). Not the directions, origin or a parent transform: prompts are converted with them at each run, so a
+        rotated or moved volume keeps its embeddings."""
         image = volumeNode.GetImageData()
         scalars = image.GetPointData().GetScalars() if image is not None else None
-        return (image.GetMTime() if image is not None else 0, scalars.GetMTime() if scalars is not None else 0)
+        return (image.GetMTime() if image is not None else 0, scalars.GetMTime() if scalars is not None else 0,
+                tuple(round(float(v), 9) for v in volumeNode.GetSpacing()))
 
     def _sessionGetter(self, volumeNode):
         """A callable returning the volume's contract session; the voxel copy is taken now (main thread) if a new one is needed."""

@@ -218,6 +218,7 @@ class UndoStep:
     shape: tuple
     created_segment: Optional[str]
     volume_id: str
+    changed: Dict[str, np.ndarray] = field(default_factory=dict)  # segment id -> packed bits of the voxels the run changed
 
 
 class SegmentWriter:
@@ -281,7 +282,11 @@ class SegmentWriter:
             raise
         finally:
             segmentation_node.EndModify(was_modifying)
-        self._push(UndoStep(segmentation_node.GetID(), previous, current.shape, segment_id if created_segment else None, volume_node.GetID()))
+        run_changed = {segment_id: np.packbits(new != current)} if changed else {}
+        run_changed.update({sid: np.packbits(array != np.unpackbits(previous[sid], count=array.size).reshape(array.shape))
+                            for sid, array in others_new.items()})
+        self._push(UndoStep(segmentation_node.GetID(), previous, current.shape, segment_id if created_segment else None, volume_node.GetID(),
+                            run_changed))
         return changed
 
     def clear(self) -> None:
@@ -297,7 +302,9 @@ class SegmentWriter:
         return bool(segmentation_node is not None and self._undo.get(segmentation_node.GetID()))
 
     def undo(self, segmentation_node) -> bool:
-        """Restore the segments the last run changed (and remove a segment it created). False if nothing to undo."""
+        """Put back the voxels the last run changed, as they were before it (and remove a segment it created); edits
+        made since to other voxels stay (painting another slice after a run, then Undo, keeps the paint). False if
+        nothing to undo."""
         if not self.can_undo(segmentation_node):
             return False
         step = self._undo[segmentation_node.GetID()].pop()
@@ -305,17 +312,22 @@ class SegmentWriter:
         if volume_node is None:
             raise InputError("the volume of the run to undo was removed from the scene: undo is not possible")
         segmentation = segmentation_node.GetSegmentation()
+        if tuple(reversed(volume_node.GetImageData().GetDimensions())) != tuple(step.shape):
+            raise InputError(f"volume '{volume_node.GetName()}' has other dimensions than at the run: undo is not possible")
+        present = [sid for sid in step.previous if segmentation.GetSegment(sid) is not None]
+        check_grid(segmentation_node, [sid for sid in present if sid != step.created_segment and sid in step.changed], volume_node)
         size = int(np.prod(step.shape))
         was_modifying = segmentation_node.StartModify()
         try:
-            for sid, packed in step.previous.items():
-                if segmentation.GetSegment(sid) is None:
-                    continue
+            for sid in present:
                 if sid == step.created_segment:
                     segmentation.RemoveSegment(sid)
-                    continue
-                array = np.unpackbits(packed, count=size).reshape(step.shape)
-                write_segment(array, segmentation_node, sid, volume_node)
+                elif sid in step.changed:  # else the run left it as it was
+                    changed = np.unpackbits(step.changed[sid], count=size).reshape(step.shape).astype(bool)
+                    previous = np.unpackbits(step.previous[sid], count=size).reshape(step.shape)
+                    array = read_segment(segmentation_node, sid, volume_node)
+                    array[changed] = previous[changed]
+                    write_segment(array, segmentation_node, sid, volume_node)
         finally:
             segmentation_node.EndModify(was_modifying)
         return True

@@ -167,3 +167,26 @@ def test_a_segment_on_another_grid_is_refused_not_resampled_and_one_on_the_same_
     finally:
         for node in (volume, seg):
             mrml.scene.RemoveNode(node)
+
+
+def test_a_volume_whose_spacing_is_edited_gets_a_new_session_and_a_moved_one_keeps_its_own(mrml, slidesam_model):
+    # The session was given the spacing when it was made (the stop rule measures mm along the slice axis), the engine
+    # process and the server the whole geometry; editing it in the Volumes module changes neither voxel MTime.
+    volume = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "respaced")
+    slicer.util.updateVolumeFromArray(volume, np.zeros(SHAPE, np.int16))
+    volume.SetSpacing(0.8, 0.8, 2.5)
+    transform = mrml.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    logic = SlideSAMLogic(model=slidesam_model)
+    try:
+        first = logic.session(volume)
+        assert logic.session(volume) is first
+        volume.SetAndObserveTransformNodeID(transform.GetID())  # moved: prompts use the transform at each run
+        assert logic.session(volume) is first
+        volume.SetSpacing(0.8, 0.8, 5.0)
+        second = logic.session(volume)
+        assert second is not first
+        np.testing.assert_allclose(second.session.spacing, (0.8, 0.8, 5.0))  # the in-process Session's own
+    finally:
+        logic.clearState()
+        for node in (volume, transform):
+            mrml.scene.RemoveNode(node)

@@ -177,3 +177,27 @@ def test_a_failed_write_changes_nothing_and_records_no_undo(scene_nodes, monkeyp
     assert not read_segment(seg, ids["edited"], volume).any() and not out.can_undo(seg)
     np.testing.assert_array_equal(read_segment(seg, ids["a"], volume), OTHER_A)
     np.testing.assert_array_equal(read_segment(seg, ids["b"], volume), OTHER_B)
+
+
+def test_undo_puts_back_the_voxels_the_run_changed_and_keeps_later_edits(scene_nodes):
+    # Undo used to write back each segment as it was before the run, dropping what the annotator painted since.
+    volume, seg, ids, editor = scene_nodes
+    editor.SetOverwriteMode(EDITOR.OverwriteAllSegments)
+    out = run(volume, seg, ids["edited"], editor)
+    np.testing.assert_array_equal(read_segment(seg, ids["a"], volume), OTHER_A & ~RUN)
+    painted = read_segment(seg, ids["edited"], volume)
+    painted[5, 0:3, 0:3] = 1  # a later paint stroke on slice 5 (not a run slice) ...
+    painted[2, 5, 5] = 0  # ... and one erased voxel the run had written
+    writer.write_segment(painted, seg, ids["edited"], volume)
+    b_painted = read_segment(seg, ids["b"], volume)
+    b_painted[0, 0, 29] = 1  # and segment b edited elsewhere
+    writer.write_segment(b_painted, seg, ids["b"], volume)
+    assert out.undo(seg)
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[5, 0:3, 0:3] = 1  # the paint stays; the run's voxels are as before the run (empty)
+    np.testing.assert_array_equal(read_segment(seg, ids["edited"], volume), expected)
+    np.testing.assert_array_equal(read_segment(seg, ids["a"], volume), OTHER_A)  # what the run took, given back
+    b_expected = OTHER_B.copy()
+    b_expected[0, 0, 29] = 1
+    np.testing.assert_array_equal(read_segment(seg, ids["b"], volume), b_expected)
+    assert not out.can_undo(seg)
