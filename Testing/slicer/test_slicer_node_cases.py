@@ -17,9 +17,15 @@ from SlideSAMSlicer.writer import read_segment, write_segment
 SHAPE = (6, 20, 30)
 
 
-def test_a_written_segment_reads_back_the_same_under_a_volume_transform(mrml):
-    volume = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "moved volume")
+def small_volume(mrml, name):
+    """A blank int16 volume of SHAPE (k, j, i), 1 mm voxels."""
+    volume = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     slicer.util.updateVolumeFromArray(volume, np.zeros(SHAPE, np.int16))
+    return volume
+
+
+def test_a_written_segment_reads_back_the_same_under_a_volume_transform(mrml):
+    volume = small_volume(mrml, "moved volume")
     transform = mrml.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     m = vtk.vtkMatrix4x4()
     m.SetElement(0, 3, 7.0)  # 7 mm along R
@@ -59,8 +65,7 @@ def test_a_written_segment_reads_back_the_same_under_a_volume_transform(mrml):
 def test_a_segmentation_stored_as_surfaces_is_refused_before_any_run(mrml):
     # Slicer cannot import a labelmap into it (ImportLabelmapToSegmentationNode: "is not binary labelmap"); the run
     # would compute everything and fail when writing.
-    volume = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "v")
-    slicer.util.updateVolumeFromArray(volume, np.zeros(SHAPE, np.int16))
+    volume = small_volume(mrml, "v")
     seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "from a model")
     try:
         SlideSAMLogic._checkNodes(volume, seg)  # a new segmentation: binary labelmap, accepted
@@ -80,8 +85,7 @@ def test_the_local_engine_is_made_on_the_main_thread(mrml, monkeypatch):
 
     from SlideSAMLib.engine_process import EngineSession
 
-    volume = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "v")
-    slicer.util.updateVolumeFromArray(volume, np.zeros(SHAPE, np.int16))
+    volume = small_volume(mrml, "v")
     logic = SlideSAMLogic()  # no model, no server: the local engine (its process starts on first use, not here)
     reads, made = [], []
     monkeypatch.setattr(logic, "engineSettingPython", lambda: reads.append(threading.current_thread()))
@@ -123,8 +127,7 @@ def test_a_segment_on_another_grid_is_refused_not_resampled_and_one_on_the_same_
     # oversampled segmentation) would be resampled on every slice, not only those the run replaces.
     from SlideSAMSlicer.writer import EditRules, SegmentWriter, check_grid
 
-    volume = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
-    slicer.util.updateVolumeFromArray(volume, np.zeros(SHAPE, np.int16))
+    volume = small_volume(mrml, "CT")
     volume.SetSpacing(0.8, 0.8, 2.5)
     grid = np.diag([0.8, 0.8, 2.5, 1.0])
     seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "oversampled")
@@ -172,8 +175,7 @@ def test_a_segment_on_another_grid_is_refused_not_resampled_and_one_on_the_same_
 def test_a_volume_whose_spacing_is_edited_gets_a_new_session_and_a_moved_one_keeps_its_own(mrml, slidesam_model):
     # The session was given the spacing when it was made (the stop rule measures mm along the slice axis), the engine
     # process and the server the whole geometry; editing it in the Volumes module changes neither voxel MTime.
-    volume = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "respaced")
-    slicer.util.updateVolumeFromArray(volume, np.zeros(SHAPE, np.int16))
+    volume = small_volume(mrml, "respaced")
     volume.SetSpacing(0.8, 0.8, 2.5)
     transform = mrml.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     logic = SlideSAMLogic(model=slidesam_model)
