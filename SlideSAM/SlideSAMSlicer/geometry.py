@@ -155,9 +155,7 @@ def align_roi_to_volume(roi_node, volume_node) -> bool:
     object_to_node = _matrix_to_array(roi_node.GetObjectToNodeMatrix())
     object_to_node[:3, :3] = rotation
     matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, object_to_node[r, c])
+    matrix.DeepCopy(object_to_node.ravel())
     roi_node.SetAndObserveObjectToNodeMatrix(matrix)
     return True
 

@@ -245,10 +245,7 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
             raise InputError(
                 f"segmentation '{segmentationNode.GetName()}' is stored as '{source}', not as a binary labelmap: make binary "
                 "labelmap its source representation (Segmentations module, Representations), or choose another segmentation")
-        segmentation = segmentationNode.GetSegmentation()
-        if segmentId and segmentation.GetSegment(segmentId) is None:
-            segmentId = segmentation.GetSegmentIdBySegmentName(segmentId)  # as _targetSegment finds it
-        check_grid(segmentationNode, [segmentId], volumeNode)  # before the run, not after it (the writer checks again)
+        check_grid(segmentationNode, [SlideSAMLogic._existingSegment(segmentationNode, segmentId)], volumeNode)  # before the run (the writer checks again)
 
     @staticmethod
     def _checkDirection(direction):
@@ -324,15 +321,22 @@ class SlideSAMLogic(ScriptedLoadableModuleLogic):
         return PropagationJob("refine", volumeNode, segmentationNode, segmentId, ax, ("both",), request.slice_range, [request], editor_node=editorNode,
                               corrected_index=index, get_session=self._sessionGetter(volumeNode))
 
+    @staticmethod
+    def _existingSegment(segmentationNode, segmentId):
+        """The ID of the segment `segmentId` names (an ID, else a name), or "" when there is none."""
+        segmentation = segmentationNode.GetSegmentation()
+        if not segmentId:
+            return ""
+        if segmentation.GetSegment(segmentId) is not None:
+            return segmentId
+        return segmentation.GetSegmentIdBySegmentName(segmentId)
+
     def _targetSegment(self, segmentationNode, segmentId, volumeNode):
         """(segment ID, created): an existing segment, or a new one named after `segmentId`."""
         segmentation = segmentationNode.GetSegmentation()
-        if segmentId and segmentation.GetSegment(segmentId) is not None:
-            return segmentId, False
-        if segmentId:
-            byName = segmentation.GetSegmentIdBySegmentName(segmentId)
-            if byName:
-                return byName, False
+        existing = self._existingSegment(segmentationNode, segmentId)
+        if existing:
+            return existing, False
         if segmentation.GetNumberOfSegments() == 0 and segmentationNode.GetNodeReference(
             slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()) is None:
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)

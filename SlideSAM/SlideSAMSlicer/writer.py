@@ -41,10 +41,6 @@ def _ijk_to_segmentation(volume_node, segmentation_node) -> vtk.vtkMatrix4x4:
     return ijk_to_segmentation
 
 
-def _as_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
 def check_grid(segmentation_node, segment_ids: Iterable[str], volume_node) -> None:
     """Refuse, in one line, to rewrite a segment that holds voxels on another grid than the volume's.
 
@@ -53,7 +49,7 @@ def check_grid(segmentation_node, segment_ids: Iterable[str], volume_node) -> No
     stored on another grid (an oversampled segmentation, one made on another volume) would be resampled everywhere,
     not only on the slices the run replaces. A segment on the same lattice (a cropped extent of it) or empty is fine."""
     segmentation = segmentation_node.GetSegmentation()
-    volume = _as_array(_ijk_to_segmentation(volume_node, segmentation_node))
+    volume = slicer.util.arrayFromVTKMatrix(_ijk_to_segmentation(volume_node, segmentation_node))
     to_volume_ijk = np.linalg.inv(volume)
     spacing = np.linalg.norm(volume[:3, :3], axis=0)
     name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
@@ -64,7 +60,7 @@ def check_grid(segmentation_node, segment_ids: Iterable[str], volume_node) -> No
             continue
         matrix = vtk.vtkMatrix4x4()
         stored.GetImageToWorldMatrix(matrix)  # in the segmentation's frame
-        grid = _as_array(matrix)
+        grid = slicer.util.arrayFromVTKMatrix(matrix)
         offset = (to_volume_ijk @ grid[:, 3])[:3]  # its voxel 0 in the volume's IJK: whole numbers on the same lattice
         if np.allclose(grid[:3, :3], volume[:3, :3], atol=1e-4 * float(spacing.min())) and np.allclose(offset, np.rint(offset), atol=1e-3):
             continue
@@ -258,12 +254,14 @@ class SegmentWriter:
                 written_stack[s] = target
             new_stack[s] = target
         previous = {segment_id: np.packbits(current)}
+        run_changed = {}  # segment id -> packed bits of the voxels this run changes (what Undo puts back)
         others_new = {}
         if written.any():
             for sid in rules.overwritten_ids:
                 other = read_segment(segmentation_node, sid, volume_node)
                 if np.any(other[written]):
                     previous[sid] = np.packbits(other)
+                    run_changed[sid] = np.packbits(written & (other > 0))
                     other[written] = 0
                     others_new[sid] = other
         changed = [int(s) for s in range(new_stack.shape[0]) if not np.array_equal(new_stack[s], cur_stack[s])]
@@ -282,9 +280,8 @@ class SegmentWriter:
             raise
         finally:
             segmentation_node.EndModify(was_modifying)
-        run_changed = {segment_id: np.packbits(new != current)} if changed else {}
-        run_changed.update({sid: np.packbits(array != np.unpackbits(previous[sid], count=array.size).reshape(array.shape))
-                            for sid, array in others_new.items()})
+        if changed:
+            run_changed[segment_id] = np.packbits(new != current)
         self._push(UndoStep(segmentation_node.GetID(), previous, current.shape, segment_id if created_segment else None, volume_node.GetID(),
                             run_changed))
         return changed
