@@ -129,9 +129,24 @@ VARIANTS = {
     # the chain's prompt: the next window's box from the previous slice's accepted (constrained) centre mask, not
     # from the merged side outputs of slice c (the overlap rule then compares with that mask too). Sweep-only.
     "prompt-prev": {"prompt_prev": True},
+    # session 15: a neighbour mask whose surrounding ring lies mostly in the organ's band is grown within the band
+    # before the next box is taken from it (propagation.EDGE_RING_SHARE; off by default)
+    "edge0.9": {"const": {"EDGE_RING_SHARE": 0.9}},
+    "edge0.8": {"const": {"EDGE_RING_SHARE": 0.8}},
+    "edge0.7": {"const": {"EDGE_RING_SHARE": 0.7}},
+    "edge0.6": {"const": {"EDGE_RING_SHARE": 0.6}},
+    "edge0.5": {"const": {"EDGE_RING_SHARE": 0.5}},
+    "edge0.3": {"const": {"EDGE_RING_SHARE": 0.3}},
+    "edge0": {"const": {"EDGE_RING_SHARE": 0.0}},  # grow wherever the ring is in the band
+    "closed0.3": {"const": {"EDGE_CLOSED_SHARE": 0.3}},
+    "closed0.5": {"const": {"EDGE_CLOSED_SHARE": 0.5}},
+    "closed0.2": {"const": {"EDGE_CLOSED_SHARE": 0.2}},
+    "closed0.1": {"const": {"EDGE_CLOSED_SHARE": 0.1}},
+    "egrow5": {"const": {"EDGE_GROW_MODEL_PX": 5.0}},
+    "egrow20": {"const": {"EDGE_GROW_MODEL_PX": 20.0}},
 }
 CONSTS = ("BAND_PERCENTILES", "BAND_PAD", "MIN_COMPONENT_FRACTION", "BOX_MARGIN_MODEL_PX", "STEP_MODEL_PX", "DRIFT_MIN_PROMPT_PIXELS",
-          "SIDE_WEIGHT", "SMALL_MASK_MODEL_PX2", "SPECK_BOX_SHARE")
+          "SIDE_WEIGHT", "SMALL_MASK_MODEL_PX2", "SPECK_BOX_SHARE", "EDGE_RING_SHARE", "EDGE_GROW_MODEL_PX", "EDGE_CLOSED_SHARE")
 
 
 def variant(name: str) -> dict:
