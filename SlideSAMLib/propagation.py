@@ -104,6 +104,13 @@ SPECK_BOX_SHARE = math.inf
 # EDGE_RING_SHARE of the ring EDGE_RING_MODEL_PX wide just outside the mask lies in the organ's intensity band, the
 # mask is grown within the band, up to EDGE_GROW_MODEL_PX, before the next window's box is taken from it. The
 # stop rule and the constraints still see the neighbour mask itself. inf: off.
+# OFF by default. Chosen on training data only (RESULTS_rules.md, "Session 15"): EDGE_RING_SHARE 0.5 with
+# EDGE_CLOSED_SHARE 0.2 left the 120 training structures' mean one box at 0.4033 (0.4032 off; 5 better / 4 worse by
+# > 0.02, worst example_ct vertebrae_S1 -0.078; example_ct's CI-floor organs unchanged) and raised the two threshold-
+# labelled lungs of ct_chest_nodule 0.511 -> 0.575 and 0.773 -> 0.905; without the closed test (EDGE_CLOSED_SHARE inf)
+# or with a lower EDGE_RING_SHARE the bones and kidneys of the training folders leaked (mean 0.38-0.42, up to 40 worse).
+# Run once on the evaluation-only volumes (RESULTS_anchors.md, "Session 15") it FAILED issue 12's gate: mean one box
+# 0.414 -> 0.428 (mr_spinal_cord t1 cord 0.192 -> 0.750), but ct_dicom's right adrenal gland fell 0.128 -> 0.077.
 EDGE_RING_MODEL_PX = 2.0
 EDGE_RING_SHARE = math.inf
 EDGE_GROW_MODEL_PX = 10.0
