@@ -248,13 +248,19 @@ def grown_box(mask: np.ndarray, margin: Tuple[float, float]) -> Optional[Tuple[f
     return max(0.0, x0 - mx), max(0.0, y0 - my), min(cols - 1.0, x1 + mx), min(rows - 1.0, y1 + my)
 
 
-def _ring_share(mask: np.ndarray, band: np.ndarray, ring_px: Tuple[int, int]) -> float:
-    """The share of the ring `ring_px` (rows, cols) pixels wide just outside `mask` that lies in `band`."""
+def square_dilation(mask: np.ndarray, reach: Tuple[int, int]) -> np.ndarray:
+    """`mask` dilated by a (2 * rows + 1) x (2 * cols + 1) rectangle, `reach` = (rows, cols): done as two 1-D
+    dilations, the same pixels in a fraction of the time on 512 x 512 slices."""
     from scipy import ndimage
 
-    ry, rx = ring_px
-    ring = ndimage.binary_dilation(mask, structure=np.ones((2 * ry + 1, 1), bool))
-    ring = ndimage.binary_dilation(ring, structure=np.ones((1, 2 * rx + 1), bool)) & ~mask
+    ry, rx = reach
+    out = ndimage.binary_dilation(mask, structure=np.ones((2 * ry + 1, 1), bool))
+    return ndimage.binary_dilation(out, structure=np.ones((1, 2 * rx + 1), bool))
+
+
+def _ring_share(mask: np.ndarray, band: np.ndarray, ring_px: Tuple[int, int]) -> float:
+    """The share of the ring `ring_px` (rows, cols) pixels wide just outside `mask` that lies in `band`."""
+    ring = square_dilation(mask, ring_px) & ~mask
     return float(band[ring].mean()) if ring.any() else 0.0
 
 
@@ -341,11 +347,7 @@ def constrain(
 
     m = mask & intensity.band(image)
     if previous is not None and previous.any():
-        sy, sx = step
-        # A square dilation done as two 1-D ones: the same pixels, a fraction of the time on 512x512 slices.
-        reach = ndimage.binary_dilation(previous, structure=np.ones((2 * sy + 1, 1), bool))
-        reach = ndimage.binary_dilation(reach, structure=np.ones((1, 2 * sx + 1), bool))
-        m &= reach
+        m &= square_dilation(previous, step)
         labels, n = ndimage.label(m)
         if n > 1:
             keep = np.unique(labels[previous & m])
